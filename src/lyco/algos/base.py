@@ -1,0 +1,359 @@
+"""The thin shared base of every adapter algorithm.
+
+An :class:`AdapterModule` owns only the adapter's parameters.  It is called as ``adapter(x, base)`` where
+``base`` is the module below it (the original layer, or another lyco wrapper when networks are stacked), and
+implements the three execution paths of the spec:
+
+* **rebuild**: ``op(x, W'(m), b'(m))`` - one op on the adapted weight;
+* **bypass**: ``base(x) + m·δ(x)`` for additive algorithms, or the factorised multiplicative form;
+* **merge**: :meth:`adapted_weight` is written into the layer by the wrapper.
+
+Algorithms implement a handful of hooks (``delta_raw``, ``apply_raw``, ``lowrank``, ``bypass_cost``,
+``export``, ``from_file``, ``detect``) and register themselves in :mod:`lyco.algos.registry`.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError, FileFormatError
+from .functional import dora as dora_f
+from .functional.common import rank_dropout_mask
+from .geometry import Geometry
+from .options import AlgoOptions
+
+STANDARD_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def base_params(base: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (effective) weight and bias of the module below an adapter."""
+    fn = getattr(base, "effective_params", None)
+    if callable(fn):
+        return fn()
+    return base.weight, getattr(base, "bias", None)
+
+
+def weight_expressible(base: nn.Module) -> bool:
+    """Whether ``op(x, base_weight(base), base_bias(base))`` equals ``base(x)`` exactly."""
+    fn = getattr(base, "weight_expressible", None)
+    if callable(fn):
+        return fn()
+    return type(base) in STANDARD_LAYERS
+
+
+class AdapterModule(nn.Module):
+    """Base class of every algorithm (one instance adapts one layer)."""
+
+    algo: ClassVar[str] = ""
+    #: every tensor name (after ``<module>.``) this algorithm reads and writes
+    file_parts: ClassVar[frozenset[str]] = frozenset()
+    supports_conv: ClassVar[bool] = True
+    supports_dora: ClassVar[bool] = False
+    #: the bypass path handles groups > 1 itself (otherwise grouped convs use rebuild)
+    grouped_bypass: ClassVar[bool] = False
+    #: additive algorithms use W + m·ΔW; multiplicative ones W + m·(W'₁ - W) and never touch the bias
+    multiplicative: ClassVar[bool] = False
+    #: uses alpha/rank scaling (and therefore rs-LoRA and the learned scalar)
+    scaled: ClassVar[bool] = True
+    #: neuron dropout / rank dropout are meaningful for this algorithm
+    allows_dropout: ClassVar[bool] = True
+    allows_rank_dropout: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        geom: Geometry,
+        opts: AlgoOptions,
+        name: str = "",
+        base_weight: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        initialize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.geom = geom
+        self.opts = opts
+        self.name = name
+        self.multiplier: float = 1.0
+        self._validate_options()
+        if opts.use_scalar and self.scaled:
+            self.scalar = nn.Parameter(torch.zeros(()))
+        else:
+            # 1.0 unless max-norm regularisation scales it; folded into a factor on save
+            self.register_buffer("scalar", torch.ones(()))
+        self.dora_axis: str | None = None
+        if opts.dora_wd:
+            self.dora_axis = "out" if opts.wd_on_output else "in"
+            shape = dora_f.scale_shape(geom.weight_shape, self.dora_axis)
+            if base_weight is not None:
+                init = dora_f.norms(base_weight.detach(), self.dora_axis).reshape(shape)
+            elif initialize:
+                raise ConfigError(f"{name}: DoRA needs the base weight to initialise dora_scale")
+            else:
+                init = torch.zeros(shape)  # filled from a file
+            self.dora_scale = nn.Parameter(init)
+
+    # ------------------------------------------------------------------ validation
+    def _err(self, msg: str) -> ConfigError:
+        return ConfigError(f"{self.name or self.algo} ({self.geom.describe()}), algo {self.algo!r}: {msg}")
+
+    def _validate_options(self) -> None:
+        o, g = self.opts, self.geom
+        if g.kind == "conv" and not self.supports_conv:
+            raise self._err("this algorithm does not support conv layers")
+        if o.dora_wd and not self.supports_dora:
+            raise self._err("DoRA (dora_wd) is defined for lora/locon, loha and lokr only")
+        for field in ("dropout", "rank_dropout", "module_dropout"):
+            v = getattr(o, field)
+            if not 0.0 <= v < 1.0:
+                raise self._err(f"{field} must be in [0, 1), got {v}")
+        if o.dropout > 0 and (o.dora_wd or self.multiplicative or not self.allows_dropout):
+            raise self._err("neuron dropout applies to additive algorithms without DoRA only; use rank_dropout "
+                            "or module_dropout instead")
+        if o.rank_dropout > 0 and not self.allows_rank_dropout:
+            raise self._err("rank_dropout would break this algorithm's structure; use module_dropout instead")
+        if o.dropout > 0 and g.groups > 1 and not self.grouped_bypass:
+            raise self._err("neuron dropout needs the bypass path, which this algorithm lacks for grouped convs")
+        if o.path not in ("auto", "bypass", "rebuild"):
+            raise self._err(f"path must be 'auto', 'bypass' or 'rebuild', got {o.path!r}")
+        if not g.standard and g.groups > 1 and not self.grouped_bypass:
+            raise self._err("cannot adapt a non-standard grouped layer")
+
+    # ------------------------------------------------------------------ algorithm hooks
+    @property
+    def rank(self) -> int:
+        return self.opts.dim
+
+    def scale(self) -> float:
+        """s = alpha / r_f (r_f = sqrt(r) with rs-LoRA); alpha None or 0 means alpha = r."""
+        r = self.rank
+        alpha = self.opts.alpha if self.opts.alpha else r
+        r_f = r ** 0.5 if self.opts.rs_lora else r
+        return float(alpha) / r_f
+
+    def saved_alpha(self) -> float:
+        """The alpha written to files: every consumer computes alpha/rank, so rs-LoRA is folded in."""
+        return self.scale() * self.rank
+
+    def t(self) -> torch.Tensor:
+        """s·c as a 0-d fp32 tensor."""
+        return self.scalar.float() * self.scale()
+
+    def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW_raw (fp32, the layer's weight shape); rank-dropout ``mask`` applied."""
+        raise NotImplementedError
+
+    def delta_bias(self, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Δb (already scaled), or None."""
+        return None
+
+    def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW_raw applied to x with the layer's geometry (factorised; dtype of x)."""
+        raise NotImplementedError
+
+    def lowrank(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(U, V) with ΔW_raw = U @ V (V flattened over I_g*K), when cheap; used for DoRA norms."""
+        return None
+
+    def bypass_cost(self) -> int:
+        """Per-token multiply-accumulates of the factorised δ(x)."""
+        raise NotImplementedError
+
+    def mask_size(self) -> int:
+        """Length of the rank-dropout mask (output rows by default)."""
+        return self.geom.out_features
+
+    def export(self) -> dict[str, torch.Tensor]:
+        """File tensors (fp32, folded: rs-LoRA in alpha, the scalar in one factor)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Resolved hyper-parameters recorded in the file's metadata."""
+        d: dict[str, Any] = {"algo": self.algo}
+        if self.scaled:
+            d.update(rank=self.rank, alpha=self.saved_alpha())
+        if self.dora_axis:
+            d["dora_axis"] = self.dora_axis
+        return d
+
+    @classmethod
+    def detect(cls, parts: set[str]) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def from_file(
+        cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str, hints: dict[str, Any]
+    ) -> "AdapterModule":
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared helpers for subclasses
+    @staticmethod
+    def _cast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t if t.dtype == like.dtype else t.to(like.dtype)
+
+    def _export_common(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.scaled:
+            out["alpha"] = torch.tensor(self.saved_alpha(), dtype=torch.float32)
+        if self.dora_axis is not None:
+            out["dora_scale"] = self.dora_scale.detach().float().clone()
+        return out
+
+    @staticmethod
+    def _check_shape(name: str, part: str, t: torch.Tensor, expected: tuple[int, ...]) -> None:
+        if tuple(t.shape) != tuple(expected):
+            raise FileFormatError(
+                f"key '{name}.{part}' has shape {tuple(t.shape)} but the model's layer needs {tuple(expected)}; "
+                "the file was made for a different model (or a different layer size)"
+            )
+
+    @staticmethod
+    def _read_alpha(tensors: dict[str, torch.Tensor], rank: int) -> float:
+        if "scale" in tensors:  # A1111 extension: explicit scale overrides alpha/rank
+            return float(tensors["scale"].float().item()) * rank
+        if "alpha" in tensors:
+            a = float(tensors["alpha"].float().item())
+            return a if a else float(rank)
+        return float(rank)
+
+    @classmethod
+    def _load_dora(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str, hints: dict[str, Any]) -> dict:
+        """Options and shape check for an optional ``dora_scale``."""
+        if "dora_scale" not in tensors:
+            return {}
+        if not cls.supports_dora:
+            raise FileFormatError(f"module '{name}': dora_scale is only valid with lora, loha or lokr keys")
+        shape = tuple(tensors["dora_scale"].shape)
+        o, i_g = geom.out_features, geom.in_per_group
+        out_shape = dora_f.scale_shape(geom.weight_shape, "out")
+        in_shape = dora_f.scale_shape(geom.weight_shape, "in")
+        peft_conv_out = (1, o, *geom.ones) if geom.kind == "conv" else None
+        if shape == in_shape and ((geom.kind == "conv" and o == i_g) or shape == out_shape):
+            # (1, C, 1...) with C = O = I_g: LyCORIS input axis, or a diffusers-converted PEFT magnitude
+            axis = hints.get("dora_axis")
+            if axis is None:
+                axis = "in"
+                hints.setdefault("warnings", []).append(
+                    f"{name}: dora_scale {shape} is ambiguous (O = I_g); assumed input axis")
+        elif shape == in_shape:
+            axis = "in"
+        elif shape in (out_shape, (o,), peft_conv_out):
+            axis = "out"
+        else:
+            raise FileFormatError(
+                f"key '{name}.dora_scale' has shape {shape}; expected {out_shape} (output axis) or {in_shape} "
+                "(input axis) for this layer"
+            )
+        return {"dora_wd": True, "wd_on_output": axis == "out"}
+
+    def _load_dora_tensor(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.dora_axis is not None:
+            with torch.no_grad():
+                self.dora_scale.copy_(tensors["dora_scale"].float().reshape(self.dora_scale.shape))
+
+    # ------------------------------------------------------------------ weights
+    def delta_weight(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """s·c·ΔW_raw in fp32."""
+        return self.t() * self.delta_raw(mask)
+
+    def adapted_weight(
+        self, W: torch.Tensor, b: torch.Tensor | None, m: float, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W'(m), b'(m)) in the dtypes of W and b."""
+        dW = self.delta_weight(mask)
+        if self.dora_axis is None:
+            W2 = W.float() + (dW if m == 1 else m * dW)
+            db = self.delta_bias(mask)
+            if db is not None and b is not None:
+                b = (b.float() + (db if m == 1 else m * db)).to(b.dtype)
+            return W2.to(W.dtype), b
+        W1 = dora_f.decomposed_weight(W, dW, self.dora_scale, self.dora_axis, self.opts.dora_detach_norm)
+        if m != 1:
+            Wf = W.float()
+            W1 = Wf + m * (W1 - Wf)
+        return W1.to(W.dtype), b
+
+    # ------------------------------------------------------------------ forward
+    def use_rebuild(self, base: nn.Module) -> bool:
+        g, o = self.geom, self.opts
+        if (o.dropout > 0 and self.training) or not weight_expressible(base):
+            return False
+        if g.groups > 1 and not self.grouped_bypass:
+            return True
+        if o.path != "auto":
+            return o.path == "rebuild"
+        return 3 * self.bypass_cost() >= g.out_features * g.in_per_group * g.k_numel
+
+    def draw_mask(self, device: torch.device) -> torch.Tensor | None:
+        if not (self.training and self.opts.rank_dropout > 0):
+            return None
+        return rank_dropout_mask(self.mask_size(), self.opts.rank_dropout, self.opts.rank_dropout_scale, device)
+
+    def forward(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        m = self.multiplier
+        if m == 0:
+            return base(x)
+        if self.training and self.opts.module_dropout > 0 and torch.rand(()) < self.opts.module_dropout:
+            return base(x)
+        mask = self.draw_mask(x.device)
+        if self.use_rebuild(base):
+            W, b = base_params(base)
+            W2, b2 = self.adapted_weight(W, b, m, mask)
+            return self.geom.op(x, W2, b2)
+        return self.bypass(x, base, m, mask)
+
+    def apply_delta(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """s·c·ΔW_raw·x (the additive bypass delta)."""
+        y = self.apply_raw(x, mask)
+        t = self.t()
+        return y * t.to(y.dtype)
+
+    def _base_nobias(self, x: torch.Tensor, base: nn.Module, W: torch.Tensor, b: torch.Tensor | None):
+        if type(base) in STANDARD_LAYERS and self.geom.standard:
+            return self.geom.op(x, W, None)
+        y = base(x)
+        return y if b is None else y - self.geom.channel_view(b.to(y.dtype))
+
+    def bypass(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.dora_axis is not None:
+            return self._dora_bypass(x, base, m, mask)
+        y = base(x)
+        d = self.apply_delta(x, mask)
+        if self.opts.dropout > 0 and self.training:
+            d = F.dropout(d, self.opts.dropout, training=True)
+        db = self.delta_bias(mask)
+        if db is not None:
+            d = d + self.geom.channel_view(db.to(d.dtype))
+        return y + d if m == 1 else y + m * d
+
+    # ------------------------------------------------------------------ DoRA
+    def dora_norms(self, W: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """‖W + s·c·ΔW_raw‖ per channel of the DoRA axis (flat fp32), without building W + ΔW when possible."""
+        lr = self.lowrank(mask)
+        if lr is not None:
+            return dora_f.lowrank_norms(W, lr[0], lr[1], self.t(), self.dora_axis)
+        return dora_f.dense_norms(W, self.delta_weight(mask), self.dora_axis)
+
+    def _dora_bypass(self, x, base, m, mask):
+        W, b = base_params(base)
+        n = self.dora_norms(W, mask)
+        if self.opts.dora_detach_norm:
+            n = n.detach()
+        g = self.dora_scale.reshape(-1) / (n + dora_f.EPS)
+        cv = self.geom.channel_view
+        if self.dora_axis == "out":
+            z = self._base_nobias(x, base, W, b)
+            gz = cv(g.to(z.dtype))
+            adapted = gz * (z + self.apply_delta(x, mask))
+            y = adapted if m == 1 else z + m * (adapted - z)
+        else:
+            if self.geom.groups > 1:  # per input channel within a group: the same scale for every group
+                g = g.repeat(self.geom.groups)
+            xh = x * cv(g.to(x.dtype))
+            y = self._base_nobias(xh, base, W, b) + self.apply_delta(xh, mask)
+            if m != 1:
+                y = (1 - m) * self._base_nobias(x, base, W, b) + m * y
+        return y if b is None else y + cv(b.to(y.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.algo}, {self.geom.describe()}, rank={self.rank}" + (f", dora={self.dora_axis}" if self.dora_axis else "")

@@ -1,0 +1,78 @@
+"""Full / native fine-tune: trains fp32 deltas D (weight shape) and D_b (bias), saved as ``diff`` / ``diff_b``."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import AdapterModule
+from .geometry import Geometry
+from .options import AlgoOptions
+from .registry import register
+
+
+class FullModule(AdapterModule):
+    algo = "full"
+    file_parts = frozenset({"diff", "diff_b"})
+    scaled = False
+    grouped_bypass = True
+
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+                 initialize: bool = True, has_bias: bool | None = None) -> None:
+        super().__init__(geom, opts, name, base_weight, generator, initialize)
+        self.diff = nn.Parameter(torch.zeros(geom.weight_shape))
+        has_bias = geom.has_bias if has_bias is None else has_bias
+        self.diff_b = nn.Parameter(torch.zeros(geom.out_features)) if has_bias else None
+
+    @property
+    def rank(self) -> int:
+        return min(self.geom.out_features, self.geom.fan_in)
+
+    def scale(self) -> float:
+        return 1.0
+
+    def delta_raw(self, mask=None):
+        d = self.diff
+        if mask is not None:
+            d = d * mask.reshape(-1, *([1] * (d.dim() - 1)))
+        return d
+
+    def delta_bias(self, mask=None):
+        if self.diff_b is None:
+            return None
+        return self.diff_b if mask is None else self.diff_b * mask
+
+    def apply_raw(self, x, mask=None):
+        y = self.geom.op(x, self._cast(self.diff, x))
+        if mask is not None:
+            y = y * self.geom.channel_view(mask.to(y.dtype))
+        return y
+
+    def bypass_cost(self) -> int:
+        g = self.geom
+        return g.out_features * g.in_per_group * g.k_numel
+
+    def export(self) -> dict[str, torch.Tensor]:
+        out = {"diff": self.diff.detach().float().clone()}
+        if self.diff_b is not None:
+            out["diff_b"] = self.diff_b.detach().float().clone()
+        return out
+
+    @classmethod
+    def detect(cls, parts: set[str]) -> bool:
+        return "diff" in parts
+
+    @classmethod
+    def from_file(cls, geom, tensors, name, hints):
+        cls._check_shape(name, "diff", tensors["diff"], geom.weight_shape)
+        has_b = "diff_b" in tensors
+        if has_b:
+            cls._check_shape(name, "diff_b", tensors["diff_b"], (geom.out_features,))
+        mod = cls(geom, AlgoOptions(algo=cls.algo, dim=1, alpha=None), name, initialize=False, has_bias=has_b)
+        with torch.no_grad():
+            mod.diff.copy_(tensors["diff"].float())
+            if has_b:
+                mod.diff_b.copy_(tensors["diff_b"].float())
+        return mod
+
+
+register(FullModule, aliases=("native", "diff"), detect_order=70)

@@ -1,0 +1,104 @@
+"""LoKr math: ΔW_raw = W1 ⊗ W2 without materialising the Kronecker product on the training path.
+
+O = a·b, I_g = c·d.  W1 (a, c) = w1 or w1_a@w1_b.  W2 (b, d, k...) = w2, or (w2_a@w2_b).view(b, d, k...),
+or the Tucker form W2[i,j,κ] = Σ t2[p,q,κ] w2_a[p,i] w2_b[q,j].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..geometry import Geometry
+from .common import scale_channels, scale_rows
+
+
+def make_w1(w1=None, w1a=None, w1b=None) -> torch.Tensor:
+    return w1 if w1 is not None else w1a @ w1b
+
+
+def make_w2(geom: Geometry, b: int, d: int, w2=None, w2a=None, w2b=None, t2=None) -> torch.Tensor:
+    """W2 as (b, d, k...) (conv) or (b, d) (linear)."""
+    k = geom.kernel_size
+    if w2 is not None:
+        return w2
+    if t2 is not None:
+        r = t2.shape[0]
+        return torch.einsum("pqk,pi,qj->ijk", t2.reshape(r, r, -1), w2a, w2b).reshape(b, d, *k)
+    return (w2a @ w2b).reshape(b, d, *k)
+
+
+def delta(w1: torch.Tensor, w2: torch.Tensor, shape: tuple[int, ...], mask=None) -> torch.Tensor:
+    """ΔW_raw = W1 ⊗ W2 (W1 broadcast over the kernel for convs); ``mask`` scales output rows."""
+    if w2.dim() > 2:
+        w1 = w1.reshape(*w1.shape, *([1] * (w2.dim() - 2)))
+    return scale_rows(torch.kron(w1, w2).reshape(shape), mask)
+
+
+def apply(
+    x: torch.Tensor, geom: Geometry, a: int, b: int, c: int, d: int, w1: torch.Tensor,
+    w2=None, w2a=None, w2b=None, t2=None, mask=None,
+) -> torch.Tensor:
+    """ΔW_raw applied to x via vec(W1·X·W2ᵀ) (linear) or a per-slice conv (conv).  groups must be 1."""
+    if geom.kind == "linear":
+        lead = x.shape[:-1]
+        X = x.reshape(*lead, c, d)
+        if w2 is not None:
+            w2_2d = w2
+            # the cheaper association: (X W2ᵀ) then W1 costs I·b + O·c, W1 X then W2ᵀ costs a·I + O·d
+            i_g, o = c * d, a * b
+            if i_g * b + o * c <= a * i_g + o * d:
+                y = torch.matmul(w1, X @ w2_2d.T)
+            else:
+                y = torch.matmul(w1, X) @ w2_2d.T
+        else:
+            y = torch.matmul(w1, F.linear(F.linear(X, w2b), w2a))  # (…, c, b) then W1: (…, a, b)
+        return scale_channels(y.reshape(*lead, a * b), mask, -1)
+    n = x.shape[0]
+    spatial = x.shape[2:]
+    xs = x.reshape(n * c, d, *spatial)
+    if w2 is not None:
+        h = geom.spatial_conv(xs, w2)
+    elif t2 is not None:
+        h = geom.pointwise(xs, w2b)  # (r, d)
+        h = geom.core_conv(h, t2)
+        h = geom.pointwise(h, w2a.T)  # (b, r)
+    else:
+        r = w2b.shape[0]
+        h = geom.spatial_conv(xs, w2b.reshape(r, d, *geom.kernel_size))
+        h = geom.pointwise(h, w2a)
+    out_spatial = h.shape[2:]
+    y = torch.matmul(w1, h.reshape(n, c, -1))  # (n, a, b*S')
+    return scale_channels(y.reshape(n, a * b, *out_spatial), mask, 1)
+
+
+def row_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
+    """(⟨W̄_o, ΔW_o⟩, ‖ΔW_o‖²) per output row without materialising ΔW."""
+    W5 = W.reshape(a, b, c, d, -1)
+    w2f = w2.reshape(b, d, -1)
+    t = torch.einsum("abcdk,ac->abdk", W5, w1)
+    cross = torch.einsum("abdk,bdk->ab", t, w2f).reshape(-1)
+    sq = (w1.pow(2).sum(1)[:, None] * w2f.pow(2).sum((1, 2))[None, :]).reshape(-1)
+    return cross, sq
+
+
+def col_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
+    """(⟨W[:, i], ΔW[:, i]⟩, ‖ΔW[:, i]‖²) per input channel (summed over outputs and kernel)."""
+    W5 = W.reshape(a, b, c, d, -1)
+    w2f = w2.reshape(b, d, -1)
+    t = torch.einsum("abcdk,ac->bcdk", W5, w1)
+    cross = torch.einsum("bcdk,bdk->cd", t, w2f).reshape(-1)
+    sq = (w1.pow(2).sum(0)[:, None] * w2f.pow(2).sum((0, 2))[None, :]).reshape(-1)
+    return cross, sq
+
+
+def cost(geom: Geometry, a: int, b: int, c: int, d: int, r: int, w2_form: str) -> int:
+    """Per-token MACs of :func:`apply` (w2_form: 'full' | 'lowrank' | 'tucker')."""
+    k = geom.k_numel
+    i_g, o = geom.in_per_group, geom.out_features
+    if w2_form == "full":
+        if geom.kind == "linear":
+            return min(i_g * b + o * c, a * i_g + o * d)
+        return b * i_g * k + o * c
+    if w2_form == "tucker":
+        return c * (d * r + r * r * k + r * b) + o * c
+    return c * (r * d * k + b * r) + o * c

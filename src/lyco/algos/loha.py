@@ -1,0 +1,145 @@
+"""LoHa: ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b) (Linear and Conv, Tucker ``hada_t1/t2`` for k>1)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import FileFormatError
+from .base import AdapterModule
+from .functional import loha as F_loha
+from .functional.common import normal_
+from .geometry import Geometry
+from .options import AlgoOptions
+from .registry import register
+
+
+class LoHaModule(AdapterModule):
+    algo = "loha"
+    file_parts = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha",
+                            "dora_scale", "scale"})
+    supports_dora = True
+
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+                 initialize: bool = True) -> None:
+        super().__init__(geom, opts, name, base_weight, generator, initialize)
+        r = opts.dim
+        if r < 1:
+            raise self._err(f"dim must be >= 1, got {r}")
+        self.tucker = bool(opts.use_tucker and geom.kind == "conv" and geom.has_spatial_kernel)
+        o, i_g, k = geom.out_features, geom.in_per_group, geom.kernel_size
+        if self.tucker:
+            a_shape, b_shape = (r, o), (r, i_g)
+            self.hada_t1 = nn.Parameter(torch.empty(r, r, *k))
+            self.hada_t2 = nn.Parameter(torch.empty(r, r, *k))
+        else:
+            a_shape, b_shape = (o, r), (r, i_g * geom.k_numel)
+            self.hada_t1 = self.hada_t2 = None
+        self.hada_w1_a = nn.Parameter(torch.empty(a_shape))
+        self.hada_w1_b = nn.Parameter(torch.empty(b_shape))
+        self.hada_w2_a = nn.Parameter(torch.zeros(a_shape))
+        self.hada_w2_b = nn.Parameter(torch.empty(b_shape))
+        if initialize:
+            self.reset_parameters(generator)
+
+    def reset_parameters(self, generator=None) -> None:
+        # LyCORIS's init: b factors N(0,1), w1_a and the Tucker cores N(0, 0.1²), w2_a = 0 (N(0, 0.1²) with scalar)
+        normal_(self.hada_w1_b, 1.0, generator)
+        normal_(self.hada_w2_b, 1.0, generator)
+        normal_(self.hada_w1_a, 0.1, generator)
+        if self.tucker:
+            normal_(self.hada_t1, 0.1, generator)
+            normal_(self.hada_t2, 0.1, generator)
+        with torch.no_grad():
+            self.hada_w2_a.zero_()
+        if self.opts.use_scalar:
+            normal_(self.hada_w2_a, 0.1, generator)
+
+    # ------------------------------------------------------------------ math
+    @property
+    def rank(self) -> int:
+        return self.hada_w1_b.shape[0]
+
+    def _factors(self, like: torch.Tensor | None = None):
+        ps = (self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b, self.hada_t1, self.hada_t2)
+        if like is None:
+            return ps
+        return tuple(None if p is None else self._cast(p, like) for p in ps)
+
+    def delta_raw(self, mask=None):
+        w1a, w1b, w2a, w2b, t1, t2 = self._factors()
+        return F_loha.delta(w1a, w1b, w2a, w2b, t1, t2, self.geom.weight_shape, mask)
+
+    def lowrank(self, mask=None):
+        return F_loha.lowrank(*self._factors(), mask=mask)
+
+    def apply_raw(self, x, mask=None):
+        return F_loha.apply(x, self.geom, *self._factors(x), mask=mask)
+
+    def bypass_cost(self) -> int:
+        return F_loha.cost(self.geom, self.rank, self.tucker)
+
+    # ------------------------------------------------------------------ files
+    def export(self) -> dict[str, torch.Tensor]:
+        c = self.scalar.detach().float()
+        out = {
+            "hada_w1_a": self.hada_w1_a.detach().float() * c,
+            "hada_w1_b": self.hada_w1_b.detach().float().clone(),
+            "hada_w2_a": self.hada_w2_a.detach().float().clone(),
+            "hada_w2_b": self.hada_w2_b.detach().float().clone(),
+        }
+        if self.tucker:
+            out["hada_t1"] = self.hada_t1.detach().float().clone()
+            out["hada_t2"] = self.hada_t2.detach().float().clone()
+        return self._export_common(out)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self.tucker:
+            d["tucker"] = True
+        return d
+
+    @classmethod
+    def detect(cls, parts: set[str]) -> bool:
+        return "hada_w1_a" in parts
+
+    @classmethod
+    def from_file(cls, geom, tensors, name, hints):
+        need = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"]
+        missing = [p for p in need if p not in tensors]
+        if missing:
+            raise FileFormatError(f"module '{name}': LoHa keys incomplete, missing {', '.join(missing)}")
+        r = tensors["hada_w1_b"].shape[0]
+        tucker = "hada_t1" in tensors
+        g = geom
+        o, i_g = g.out_features, g.in_per_group
+        if tucker:
+            if not (g.kind == "conv" and g.has_spatial_kernel):
+                raise FileFormatError(f"module '{name}': hada_t1 (Tucker) needs a conv layer with a kernel > 1, "
+                                      f"but the model's layer is {g.describe()}")
+            if "hada_t2" not in tensors:
+                raise FileFormatError(f"module '{name}': hada_t1 present but hada_t2 missing")
+            a_shape, b_shape = (r, o), (r, i_g)
+            for t in ("hada_t1", "hada_t2"):
+                cls._check_shape(name, t, tensors[t], (r, r, *g.kernel_size))
+        else:
+            a_shape, b_shape = (o, r), (r, i_g * g.k_numel)
+        for p, s in (("hada_w1_a", a_shape), ("hada_w2_a", a_shape)):
+            cls._check_shape(name, p, tensors[p], s)
+        for p in ("hada_w1_b", "hada_w2_b"):
+            t = tensors[p]
+            if t.dim() != 2 and t.numel() == r * b_shape[1]:
+                t = t.reshape(b_shape)
+            cls._check_shape(name, p, t, b_shape)
+        opts = AlgoOptions(algo=cls.algo, dim=r, alpha=cls._read_alpha(tensors, r), use_tucker=tucker,
+                           **cls._load_dora(g, tensors, name, hints))
+        mod = cls(g, opts, name, initialize=False)
+        with torch.no_grad():
+            for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b") + (("hada_t1", "hada_t2") if tucker else ()):
+                getattr(mod, p).copy_(tensors[p].float().reshape(getattr(mod, p).shape))
+        mod._load_dora_tensor(tensors)
+        return mod
+
+
+register(LoHaModule, detect_order=30)

@@ -1,0 +1,218 @@
+"""LoKr: ΔW = W1 ⊗ W2 with LyCORIS's factorisation rule (``factor``, -1 = balanced), full or low-rank factors,
+Tucker ``lokr_t2`` on convs, unbalanced factorisation."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import FileFormatError
+from .base import AdapterModule
+from .functional import dora as dora_f
+from .functional import lokr as F_lokr
+from .functional.common import factorization, kaiming_
+from .geometry import Geometry
+from .options import AlgoOptions
+from .registry import register
+
+
+class LoKrModule(AdapterModule):
+    algo = "lokr"
+    file_parts = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
+                            "alpha", "dora_scale", "scale"})
+    supports_dora = True
+
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+                 initialize: bool = True, layout: dict[str, Any] | None = None) -> None:
+        super().__init__(geom, opts, name, base_weight, generator, initialize)
+        r = opts.dim
+        if r < 1:
+            raise self._err(f"dim must be >= 1, got {r}")
+        g = geom
+        o, i_g, k = g.out_features, g.in_per_group, g.kernel_size
+        if layout is None:
+            layout = self.plan(g, opts)
+        a, b, c, d = layout["a"], layout["b"], layout["c"], layout["d"]
+        self.a, self.b, self.c, self.d = a, b, c, d
+        self.w1_form: str = layout["w1"]  # 'full' | 'lowrank'
+        self.w2_form: str = layout["w2"]  # 'full' | 'lowrank' | 'tucker'
+        self._rank = r
+        if self.w1_form == "full":
+            self.lokr_w1 = nn.Parameter(torch.empty(a, c))
+            self.lokr_w1_a = self.lokr_w1_b = None
+        else:
+            self.lokr_w1 = None
+            self.lokr_w1_a = nn.Parameter(torch.empty(a, r))
+            self.lokr_w1_b = nn.Parameter(torch.empty(r, c))
+        self.lokr_w2 = self.lokr_w2_a = self.lokr_w2_b = self.lokr_t2 = None
+        if self.w2_form == "full":
+            self.lokr_w2 = nn.Parameter(torch.zeros(b, d, *k))
+        elif self.w2_form == "tucker":
+            self.lokr_t2 = nn.Parameter(torch.empty(r, r, *k))
+            self.lokr_w2_a = nn.Parameter(torch.empty(r, b))
+            self.lokr_w2_b = nn.Parameter(torch.zeros(r, d))
+        else:
+            self.lokr_w2_a = nn.Parameter(torch.empty(b, r))
+            self.lokr_w2_b = nn.Parameter(torch.zeros(r, d * g.k_numel))
+        if initialize:
+            self.reset_parameters(generator)
+
+    @staticmethod
+    def plan(g: Geometry, opts: AlgoOptions) -> dict[str, Any]:
+        """Factor sizes and factor forms for a layer (LyCORIS's exact rules; the file shapes depend on them)."""
+        r = opts.dim
+        a, b = factorization(g.out_features, opts.factor)
+        c, d = factorization(g.in_per_group, opts.factor)
+        if opts.unbalanced_factorization:
+            a, b = b, a
+        w1 = "lowrank" if (opts.decompose_both and r < max(a, c) / 2 and not opts.full_matrix) else "full"
+        if opts.full_matrix or r >= max(b, d) / 2:
+            w2 = "full"
+        elif g.kind == "conv" and opts.use_tucker and g.has_spatial_kernel:
+            w2 = "tucker"
+        else:
+            w2 = "lowrank"
+        return {"a": a, "b": b, "c": c, "d": d, "w1": w1, "w2": w2}
+
+    def reset_parameters(self, generator=None) -> None:
+        for p in (self.lokr_w1, self.lokr_w1_a, self.lokr_w1_b, self.lokr_w2_a, self.lokr_t2):
+            if p is not None:
+                kaiming_(p, generator)
+        zero = self.lokr_w2 if self.lokr_w2 is not None else self.lokr_w2_b
+        with torch.no_grad():
+            zero.zero_()
+        if self.opts.use_scalar:
+            kaiming_(zero, generator)
+
+    # ------------------------------------------------------------------ math
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def full_full(self) -> bool:
+        return self.w1_form == "full" and self.w2_form == "full"
+
+    def scale(self) -> float:
+        # both factors full: no low-rank product, so no alpha/rank scale (every loader uses 1)
+        return 1.0 if self.full_full else super().scale()
+
+    def saved_alpha(self) -> float:
+        return float(self.opts.dim) if self.full_full else super().saved_alpha()
+
+    def _w1(self, like=None):
+        c = (lambda t: t) if like is None else (lambda t: self._cast(t, like))
+        if self.lokr_w1 is not None:
+            return c(self.lokr_w1)
+        return c(self.lokr_w1_a) @ c(self.lokr_w1_b)
+
+    def _w2(self, like=None):
+        c = (lambda t: None if t is None else t) if like is None else (lambda t: None if t is None else self._cast(t, like))
+        return F_lokr.make_w2(self.geom, self.b, self.d, c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b),
+                              c(self.lokr_t2))
+
+    def delta_raw(self, mask=None):
+        return F_lokr.delta(self._w1(), self._w2(), self.geom.weight_shape, mask)
+
+    def apply_raw(self, x, mask=None):
+        c = lambda t: None if t is None else self._cast(t, x)  # noqa: E731
+        return F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x), c(self.lokr_w2),
+                            c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2), mask)
+
+    def bypass_cost(self) -> int:
+        return F_lokr.cost(self.geom, self.a, self.b, self.c, self.d, self.rank, self.w2_form)
+
+    def dora_norms(self, W, mask):
+        if mask is not None:
+            return super().dora_norms(W, mask)
+        w1, w2 = self._w1().float(), self._w2().float()
+        fn = F_lokr.row_norms_sq_terms if self.dora_axis == "out" else F_lokr.col_norms_sq_terms
+        cross, sq = fn(W.float(), w1, w2, self.a, self.b, self.c, self.d)
+        t = self.t()
+        wsq = dora_f.norms(W, self.dora_axis).pow(2)
+        return (wsq + 2 * t * cross + t * t * sq).clamp_min(0).sqrt()
+
+    # ------------------------------------------------------------------ files
+    def export(self) -> dict[str, torch.Tensor]:
+        cval = self.scalar.detach().float()
+        out: dict[str, torch.Tensor] = {}
+        for p in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"):
+            t = getattr(self, p)
+            if t is not None:
+                out[p] = t.detach().float().clone()
+        key = "lokr_w1" if self.lokr_w1 is not None else "lokr_w1_a"
+        out[key] = out[key] * cval
+        return self._export_common(out)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(factor=self.opts.factor, w1=self.w1_form, w2=self.w2_form,
+                 shape=[[self.a, self.b], [self.c, self.d]])
+        if self.opts.unbalanced_factorization:
+            d["unbalanced_factorization"] = True
+        return d
+
+    @classmethod
+    def detect(cls, parts: set[str]) -> bool:
+        return bool({"lokr_w1", "lokr_w1_a"} & parts)
+
+    @classmethod
+    def from_file(cls, geom, tensors, name, hints):
+        g = geom
+        o, i_g, k = g.out_features, g.in_per_group, g.kernel_size
+        has = tensors.__contains__
+        if has("lokr_w1"):
+            a, c = tensors["lokr_w1"].shape[:2]
+            w1_form = "full"
+        elif has("lokr_w1_a") and has("lokr_w1_b"):
+            a, c = tensors["lokr_w1_a"].shape[0], tensors["lokr_w1_b"].shape[1]
+            w1_form = "lowrank"
+        else:
+            raise FileFormatError(f"module '{name}': LoKr needs lokr_w1 or lokr_w1_a + lokr_w1_b")
+        if not (has("lokr_w2") or (has("lokr_w2_a") and has("lokr_w2_b"))):
+            raise FileFormatError(f"module '{name}': LoKr needs lokr_w2 or lokr_w2_a + lokr_w2_b")
+        if o % a or i_g % c:
+            raise FileFormatError(f"module '{name}': lokr_w1 is ({a}, {c}), which does not divide the layer "
+                                  f"{g.describe()} (out {o}, in/groups {i_g})")
+        b, d = o // a, i_g // c
+        r = None
+        if w1_form == "lowrank":
+            r = tensors["lokr_w1_b"].shape[0]
+        if has("lokr_w2"):
+            w2_form = "full"
+            cls._check_shape(name, "lokr_w2", tensors["lokr_w2"], (b, d, *k))
+        elif has("lokr_t2"):
+            if not (g.kind == "conv" and g.has_spatial_kernel):
+                raise FileFormatError(f"module '{name}': lokr_t2 (Tucker) needs a conv layer with a kernel > 1")
+            w2_form = "tucker"
+            r = tensors["lokr_w2_b"].shape[0] if r is None else r
+            cls._check_shape(name, "lokr_t2", tensors["lokr_t2"], (r, r, *k))
+            cls._check_shape(name, "lokr_w2_a", tensors["lokr_w2_a"], (r, b))
+            cls._check_shape(name, "lokr_w2_b", tensors["lokr_w2_b"], (r, d))
+        else:
+            w2_form = "lowrank"
+            r = tensors["lokr_w2_b"].shape[0] if r is None else r
+            cls._check_shape(name, "lokr_w2_a", tensors["lokr_w2_a"], (b, r))
+            w2b = tensors["lokr_w2_b"]
+            if tuple(w2b.shape) != (r, d * g.k_numel) and w2b.numel() == r * d * g.k_numel:
+                w2b = w2b.reshape(r, d * g.k_numel)
+            cls._check_shape(name, "lokr_w2_b", w2b, (r, d * g.k_numel))
+        if w1_form == "lowrank":
+            cls._check_shape(name, "lokr_w1_a", tensors["lokr_w1_a"], (a, r))
+        full_full = r is None
+        dim = int(tensors["alpha"].item()) if (full_full and has("alpha") and float(tensors["alpha"]) >= 1) else (r or 1)
+        alpha = None if full_full else cls._read_alpha(tensors, r)
+        opts = AlgoOptions(algo=cls.algo, dim=dim if full_full else r, alpha=alpha, use_tucker=w2_form == "tucker",
+                           **cls._load_dora(g, tensors, name, hints))
+        layout = {"a": a, "b": b, "c": c, "d": d, "w1": w1_form, "w2": w2_form}
+        mod = cls(g, opts, name, initialize=False, layout=layout)
+        with torch.no_grad():
+            for p in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"):
+                if p in tensors:
+                    getattr(mod, p).copy_(tensors[p].float().reshape(getattr(mod, p).shape))
+        mod._load_dora_tensor(tensors)
+        return mod
+
+
+register(LoKrModule, aliases=("kron",), detect_order=40)

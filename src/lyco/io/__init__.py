@@ -1,0 +1,1 @@
+"""Reading and writing adapter files (safetensors, kohya/LyCORIS keys, metadata, hashes)."""

@@ -1,0 +1,394 @@
+"""``Network``: the set of adapters lyco attached to a model (or to several, e.g. a UNet and text encoders)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from . import __version__
+from .algos import registry
+from .algos.base import AdapterModule, base_params
+from .algos.geometry import Geometry
+from .config import AdapterConfig
+from .errors import ConfigError, FileFormatError, StateError, TargetError, short_list
+from .inject import Root, Target, layer_of, select_targets, walk, is_adaptable_layer, is_norm_layer
+from .io.files import model_hashes, read_file, write_file
+from .layer import LycoLayer, chain
+
+log = logging.getLogger("lyco")
+
+FORMAT_VERSION = "1"
+IGNORED_PARTS = {"bias_indices", "bias_values", "bias_size"}
+
+
+@dataclass
+class Site:
+    name: str
+    root: Root
+    path: str
+    parent: nn.Module
+    attr: str
+    wrapper: LycoLayer
+
+
+class Network(nn.Module):
+    """Adapters attached to one or more models.  Build with :func:`lyco.attach` or :func:`lyco.load`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self._sites: dict[str, Site] = {}
+        self.config: AdapterConfig | None = None
+        #: metadata added on save (e.g. ss_base_model_version for SD models)
+        self.base_metadata: dict[str, str] = {}
+        self.attached = False
+
+    # ------------------------------------------------------------------ introspection
+    def names(self) -> list[str]:
+        return list(self._sites)
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+    def site(self, name: str) -> Site:
+        return self._sites[name]
+
+    def algo_counts(self) -> dict[str, int]:
+        return dict(Counter(a.algo + ("+dora" if a.dora_axis else "") for a in self.adapters.values()))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def summary(self) -> str:
+        per_root = Counter(s.root.prefix for s in self._sites.values())
+        parts = ", ".join(f"{k}: {v}" for k, v in per_root.items())
+        algos = ", ".join(f"{k} x{v}" for k, v in self.algo_counts().items())
+        return f"{len(self)} modules ({parts}); {algos}; {self.num_parameters():,} trainable parameters"
+
+    # ------------------------------------------------------------------ control
+    def set_multiplier(self, multiplier: float, prefix: str | None = None) -> None:
+        """Strength of every adapter (or of those whose name starts with ``prefix``, e.g. ``lora_te``)."""
+        m = float(multiplier)
+        for name, site in self._sites.items():
+            if prefix is not None and not name.startswith(prefix):
+                continue
+            w = site.wrapper
+            if w.merged:
+                self._require_top_unmerged(site)
+                w.unmerge()
+                w.adapter.multiplier = m
+                w.merge()
+            else:
+                w.adapter.multiplier = m
+
+    def _check_attached(self) -> None:
+        if not self.attached:
+            raise StateError("this network has been detached; attach or load it again")
+
+    def _above(self, site: Site) -> list[LycoLayer]:
+        top = getattr(site.parent, site.attr)
+        c = chain(top)
+        if site.wrapper not in c:
+            raise StateError(f"{site.name}: the adapter is no longer in the model (was the layer replaced?)")
+        return c[: c.index(site.wrapper)]
+
+    def _require_top_unmerged(self, site: Site) -> None:
+        if any(w.merged for w in self._above(site)):
+            raise StateError(f"{site.name}: another network stacked on this layer is merged; unmerge it first")
+
+    def merge(self) -> None:
+        """Write every adapter into its layer's weight (exactly reversible with :meth:`unmerge`)."""
+        self._check_attached()
+        for site in self._sites.values():
+            site.wrapper.merge()
+
+    def unmerge(self) -> None:
+        self._check_attached()
+        for site in self._sites.values():
+            if site.wrapper.merged:
+                self._require_top_unmerged(site)
+        for site in self._sites.values():
+            site.wrapper.unmerge()
+
+    @property
+    def merged(self) -> bool:
+        return any(s.wrapper.merged for s in self._sites.values())
+
+    def detach(self) -> None:
+        """Remove every adapter and restore the model exactly (weights and requires_grad flags)."""
+        self._check_attached()
+        for site in self._sites.values():
+            if site.wrapper.merged:
+                self._require_top_unmerged(site)
+        for site in self._sites.values():
+            w = site.wrapper
+            w.unmerge()
+            above = self._above(site)
+            below = w.base_layer
+            if above:
+                holder = above[-1]
+                holder.base_layer = below
+                if not isinstance(below, LycoLayer):
+                    holder._frozen_flags = w._frozen_flags
+            else:
+                setattr(site.parent, site.attr, below)
+                if not isinstance(below, LycoLayer):
+                    _restore_flags(below, w._frozen_flags)
+        self.attached = False
+
+    # ------------------------------------------------------------------ files
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The file content in fp32: ``<module name>.<part>`` -> tensor (folded as the format requires)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, a in self.adapters.items():
+            for part, t in a.export().items():
+                out[f"{name}.{part}"] = t
+        return out
+
+    def build_metadata(self, metadata: dict[str, str] | None = None) -> dict[str, str]:
+        cfg = self.config
+        adapters = list(self.adapters.values())
+        algos = sorted({a.algo for a in adapters})
+        main = Counter(a.algo for a in adapters).most_common(1)[0][0] if adapters else "lora"
+        scaled = [a for a in adapters if a.scaled]
+        dim = Counter(a.rank for a in scaled).most_common(1)[0][0] if scaled else 1
+        alpha = Counter(a.saved_alpha() for a in scaled).most_common(1)[0][0] if scaled else 1.0
+        args: dict[str, str] = {"algo": main}
+        if cfg is not None:
+            for k, v in cfg.option_dict().items():
+                if k in ("dim", "alpha") or v is None:
+                    continue
+                args[k] = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+            if cfg.preset:
+                args["preset"] = cfg.preset
+            args["algo"] = cfg.algo
+        modules = {n: a.describe() for n, a in self.adapters.items()}
+        meta = {
+            "ss_network_module": "lyco.kohya",
+            "ss_network_dim": str(dim),
+            "ss_network_alpha": str(alpha),
+            "ss_network_args": json.dumps(args),
+            "lyco.version": __version__,
+            "lyco.format_version": FORMAT_VERSION,
+            "lyco.algo": ",".join(algos),
+            "lyco_config": json.dumps({
+                "format_version": FORMAT_VERSION,
+                "library_version": __version__,
+                "rs_lora_folded": True,
+                "config": cfg.model_dump(mode="json") if cfg is not None else None,
+                "modules": modules,
+            }, sort_keys=True),
+        }
+        meta.update(self.base_metadata)
+        if metadata:
+            for k, v in metadata.items():
+                if not isinstance(v, str):
+                    raise ConfigError(f"metadata[{k!r}] must be a string (got {type(v).__name__}); json.dumps it")
+            meta.update(metadata)
+        return meta
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
+             metadata: dict[str, str] | None = None) -> str:
+        """Write a kohya/LyCORIS ``.safetensors`` file.  ``dtype`` None keeps fp32 (lossless)."""
+        tensors = {}
+        for key, t in self.state_tensors().items():
+            part = key.split(".", 1)[1]
+            if part == "alpha":
+                t = t.to(torch.float32)
+            elif t.is_floating_point() and dtype is not None:
+                t = t.to(dtype)
+            tensors[key] = t.contiguous()
+        meta = self.build_metadata(metadata)
+        meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
+        write_file(path, tensors, meta)
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# building
+
+
+def _restore_flags(layer: nn.Module, flags: dict[str, bool] | None) -> None:
+    if not flags:
+        return
+    for pname, p in layer.named_parameters(recurse=False):
+        if pname in flags:
+            p.requires_grad_(flags[pname])
+
+
+def _install(net: Network, target: Target, adapter: AdapterModule, multiplier: float) -> None:
+    current = target.module
+    adapter.multiplier = multiplier
+    wrapper = LycoLayer(current, adapter, id(net))
+    if not isinstance(current, LycoLayer):
+        flags = {n: p.requires_grad for n, p in current.named_parameters(recurse=False)}
+        wrapper._frozen_flags = flags
+        for p in current.parameters(recurse=False):
+            p.requires_grad_(False)
+    # keep the adapter on the layer's device (its dtype stays fp32: adapter parameters are fp32 masters)
+    raw = layer_of(current)
+    w = getattr(raw, "weight", None)
+    if isinstance(w, torch.Tensor) and w.device.type != "meta":
+        adapter.to(device=w.device)
+    setattr(target.parent, target.attr, wrapper)
+    net.adapters[target.name] = adapter
+    net._sites[target.name] = Site(target.name, target.root, target.path, target.parent, target.attr, wrapper)
+
+
+def build_network(roots: list[Root], config: AdapterConfig, multiplier: float = 1.0) -> Network:
+    targets = select_targets(roots, config)
+    gen = None
+    if config.seed is not None:
+        gen = torch.Generator().manual_seed(config.seed)
+    net = Network()
+    net.config = config
+    made: list[tuple[Target, AdapterModule]] = []
+    for t in targets:
+        cls = registry.get(t.opts.algo)
+        W = None
+        if t.geom is not None:
+            W, _ = base_params(t.module)
+            W = W.detach()
+        made.append((t, cls(t.geom, t.opts, t.name, base_weight=W, generator=gen) if t.geom is not None
+                     else cls.for_norm(layer_of(t.module), t.opts, t.name)))
+    for t, adapter in made:
+        _install(net, t, adapter, multiplier)
+    net.attached = True
+    log.info("lyco: attached %s", net.summary())
+    return net
+
+
+def resolve_names(roots: list[Root], train_norm: bool = True) -> dict[str, tuple[Root, str, nn.Module]]:
+    """Every adaptable module name (and read-only alias) of the roots -> (root, path, module)."""
+    table: dict[str, tuple[Root, str, nn.Module]] = {}
+    for root in roots:
+        for path, mod, _ in walk(root.module):
+            if not path or not (is_adaptable_layer(mod) or (train_norm and is_norm_layer(mod))):
+                continue
+            entry = (root, path, mod)
+            table.setdefault(root.name(path), entry)
+            for alias in (root.read_aliases(path) if root.read_aliases else ()):
+                table.setdefault(alias, entry)
+    return table
+
+
+def network_from_tensors(
+    tensors: dict[str, torch.Tensor], roots: list[Root], *, multiplier: float = 1.0, strict: bool = True,
+    source: str = "<state dict>", metadata: dict[str, str] | None = None,
+) -> Network:
+    """Detect each module's algorithm from its keys, rebuild it exactly and attach it."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        if "." not in key:
+            groups.setdefault("", {})[key] = t
+            continue
+        name, part = key.split(".", 1)
+        groups.setdefault(name, {})[part] = t
+    if "" in groups:
+        raise FileFormatError(f"{source}: keys without a module name: {short_list(sorted(groups['']))}")
+    hints: dict[str, Any] = {}
+    module_hints: dict[str, dict] = {}
+    if metadata and "lyco_config" in metadata:
+        try:
+            module_hints = json.loads(metadata["lyco_config"]).get("modules", {}) or {}
+        except (json.JSONDecodeError, AttributeError):
+            module_hints = {}
+    table = resolve_names(roots)
+    unmatched, unknown_parts, ignored = [], [], []
+    made: list[tuple[Target, AdapterModule]] = []
+    for name, parts in groups.items():
+        entry = table.get(name)
+        if entry is None:
+            unmatched.append(name)
+            continue
+        root, path, mod = entry
+        keys = set(parts)
+        cls = registry.detect(keys)
+        if cls is None:
+            unknown_parts.append(f"{name}.{{{', '.join(sorted(keys))}}}")
+            continue
+        extra = keys - cls.file_parts - IGNORED_PARTS
+        if keys & IGNORED_PARTS:
+            ignored.append(name)
+        if extra:
+            unknown_parts.append(f"{name}.{{{', '.join(sorted(extra))}}} (with {cls.algo} keys)")
+        h = dict(hints)
+        axis = module_hints.get(name, {}).get("dora_axis")
+        if axis:
+            h["dora_axis"] = axis
+        layer = layer_of(mod)
+        try:
+            if cls.algo == "norm" or not is_adaptable_layer(mod):
+                adapter = cls.norm_from_file(layer, parts, name, h)
+            else:
+                adapter = cls.from_file(Geometry.from_module(layer, path), parts, name, h)
+        except FileFormatError as exc:
+            raise FileFormatError(f"{source}: {exc}") from None
+        except (ConfigError, TargetError) as exc:
+            raise FileFormatError(f"{source}: module '{name}' ({path}): {exc}") from None
+        for w in h.get("warnings", []):
+            log.warning("lyco: %s: %s", source, w)
+        parent_path, _, attr = path.rpartition(".")
+        parent = root.module.get_submodule(parent_path)
+        made.append((Target(root, path, mod, parent, attr, name, None, adapter.opts), adapter))  # type: ignore[arg-type]
+    if ignored:
+        log.warning("lyco: %s: ignored legacy sparse-residual keys (bias_indices/bias_values/bias_size) in %d modules",
+                    source, len(ignored))
+    problems = []
+    if unmatched:
+        problems.append(f"{len(unmatched)} module names have no matching layer in the model: {short_list(sorted(unmatched))}")
+    if unknown_parts:
+        problems.append(f"unknown keys: {short_list(unknown_parts)}")
+    if not made:
+        raise FileFormatError(f"{source}: no module of the file matches the model"
+                              + (f" ({'; '.join(problems)})" if problems else "")
+                              + f". Model names look like: {short_list(sorted(table)[:5], 5)}")
+    if problems:
+        msg = f"{source}: " + "; ".join(problems)
+        if strict:
+            raise FileFormatError(msg + " (pass strict=False to load the rest)")
+        log.warning("lyco: %s", msg)
+    net = Network()
+    for t, adapter in made:
+        _install(net, t, adapter, multiplier)
+    net.attached = True
+    return net
+
+
+def attach(model: nn.Module, config: AdapterConfig | None = None, *, prefix: str = "lycoris",
+           multiplier: float = 1.0, **options: Any) -> Network:
+    """Attach adapters to ``model`` and return the :class:`Network`.
+
+    ``config`` may be omitted and options given as keywords: ``lyco.attach(model, algo="loha", dim=8)``.
+    Module names in files are ``prefix`` + ``_`` + the module path with dots replaced by underscores.
+    """
+    if config is None:
+        config = AdapterConfig(**options)
+    elif options:
+        raise ConfigError(f"pass either an AdapterConfig or keyword options, not both (got {sorted(options)})")
+    return build_network([Root(prefix, model)], config, multiplier)
+
+
+def load(path: str | os.PathLike, model: nn.Module, *, prefix: str = "lycoris", multiplier: float = 1.0,
+         strict: bool = True) -> Network:
+    """Load an adapter file onto ``model``: algorithms are detected from the keys, modules rebuilt exactly."""
+    tensors, meta = read_file(path)
+    root = Root(prefix, model, read_aliases=_generic_aliases(prefix))
+    return network_from_tensors(tensors, [root], multiplier=multiplier, strict=strict, source=str(path), metadata=meta)
+
+
+def _generic_aliases(prefix: str):
+    def aliases(path: str) -> list[str]:
+        flat = path.replace(".", "_")
+        return [f"lycoris_{flat}", f"lora_{flat}"] if prefix != "lycoris" else [f"lora_{flat}"]
+    return aliases
+
+
+def parameters_of(networks: Iterable[Network]) -> list[nn.Parameter]:
+    return [p for n in networks for p in n.parameters()]

@@ -1,0 +1,1 @@
+"""Tools that work on adapter files: inspect, merge, extract, resize, convert."""

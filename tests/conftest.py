@@ -1,0 +1,13 @@
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+logging.getLogger("lyco").setLevel(logging.ERROR)
+logging.getLogger("LyCORIS").setLevel(logging.ERROR)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per worker: tiny ops on oversubscribed cores are much slower
+    import torch
+
+    torch.set_num_threads(1)

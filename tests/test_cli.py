@@ -1,0 +1,42 @@
+"""The command line: verbs, errors, the demo."""
+from __future__ import annotations
+
+import json
+
+import torch.nn as nn
+
+import lyco
+from lyco.cli import main
+
+
+def test_help_and_unknown(capsys):
+    assert main([]) == 0
+    assert "demo" in capsys.readouterr().out
+    assert main(["inspekt"]) == 2
+    assert "did you mean 'inspect'" in capsys.readouterr().err
+
+
+def test_inspect_json(tmp_path, capsys):
+    m = nn.Sequential(nn.Linear(8, 8), nn.Conv2d(8, 8, 3))
+    net = lyco.attach(m, algo="loha", dim=4, use_tucker=True)
+    f = tmp_path / "a.safetensors"
+    net.save(f)
+    assert main(["inspect", str(f), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["modules"] == 2
+    assert info["algorithms"] == {"loha": 1, "loha+tucker": 1}
+    assert info["ranks"] == {"4": 2}
+    assert info["metadata"]["ss_network_module"] == "lyco.kohya"
+
+
+def test_inspect_missing_file_is_a_clean_error(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "x.safetensors")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    assert main(["demo", "--steps", "20", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for algo in ("lora", "loha", "lokr", "lora+dora", "full"):
+        assert algo in out
+    assert len(list(tmp_path.glob("*.safetensors"))) == 6
