@@ -16,6 +16,29 @@ class LayerCase:
     conv: bool
     spatial: bool  # kernel > 1
     groups: int = 1
+    norm: bool = False
+
+
+class RMSNormLike(nn.Module):
+    """A LLaMA-style RMSNorm (weight + _norm), the kind of module norm adapters must handle."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim) + 0.1 * torch.randn(dim))
+
+    def _norm(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def forward(self, x):
+        return self._norm(x.float()).type_as(x) * self.weight
+
+
+def _affine(layer):
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
 
 
 LAYERS = [
@@ -29,6 +52,11 @@ LAYERS = [
     LayerCase("conv2d_k3_d2", lambda: nn.Conv2d(16, 24, 3, padding=2, dilation=2), (2, 16, 7, 7), True, True),
     LayerCase("conv2d_reflect", lambda: nn.Conv2d(16, 24, 3, padding=1, padding_mode="reflect"), (1, 16, 6, 6), True, True),
     LayerCase("conv3d", lambda: nn.Conv3d(16, 24, 3, padding=1), (1, 16, 3, 4, 4), True, True),
+    LayerCase("layernorm", lambda: _affine(nn.LayerNorm(24)), (3, 5, 24), False, False, norm=True),
+    LayerCase("layernorm_nobias", lambda: _affine(nn.LayerNorm(24, bias=False)), (3, 24), False, False, norm=True),
+    LayerCase("groupnorm", lambda: _affine(nn.GroupNorm(4, 24)), (2, 24, 3, 3), True, False, norm=True),
+    LayerCase("rmsnorm", lambda: _affine(nn.RMSNorm(24)), (2, 4, 24), False, False, norm=True),
+    LayerCase("rmsnorm_like", lambda: RMSNormLike(24), (2, 4, 24), False, False, norm=True),
 ]
 LAYER_BY_ID = {c.id: c for c in LAYERS}
 
@@ -40,9 +68,22 @@ ALGOS = {
     "lokr_both": dict(algo="lokr", dim=1, alpha=2.0, decompose_both=True),
     "lokr_full": dict(algo="lokr", dim=4, full_matrix=True),           # W1, W2 full: scale 1
     "full": dict(algo="full"),
+    "dylora": dict(algo="dylora", dim=4, alpha=2.0, block_size=2),
+    "glora": dict(algo="glora", dim=3, alpha=2.0),
+    "ia3": dict(algo="ia3"),
+    "ia3_in": dict(algo="ia3", train_on_input=True),
+    "oft": dict(algo="diag-oft", dim=4),
+    "oft_coft": dict(algo="diag-oft", dim=4, constraint=1e-3, rescaled=True),
+    "boft": dict(algo="boft", dim=8),
+    "boft_coft": dict(algo="boft", dim=8, constraint=1e-3, rescaled=True),
+    "norm": dict(train_norm=True),
 }
-SCALED = {"lora", "loha", "lokr", "lokr_both"}
+SCALED = {"lora", "loha", "lokr", "lokr_both", "dylora", "glora"}
 DORA_ALGOS = {"lora", "loha", "lokr", "lokr_both", "lokr_full"}
+MULTIPLICATIVE = {"ia3", "ia3_in", "oft", "oft_coft", "boft", "boft_coft"}
+#: composing two networks adds their effects (ΔW does not depend on W)
+ADDITIVE = {"lora", "loha", "lokr", "lokr_both", "lokr_full", "full", "dylora", "norm"}
+TUCKER_ALGOS = {"lora", "loha", "lokr", "lokr_both"}
 
 
 class Wrap(nn.Module):
@@ -93,15 +134,17 @@ class Case:
 
 def valid(c: Case) -> bool:
     lc = LAYER_BY_ID[c.layer]
-    if c.tucker and (not lc.spatial or c.algo == "full"):
+    if lc.norm != (c.algo == "norm"):
+        return False
+    if c.tucker and (not lc.spatial or c.algo not in TUCKER_ALGOS):
         return False  # identical to the plain case
     if c.tucker and c.algo == "lora" and lc.groups > 1:
         return False  # rejected (tested separately)
+    if c.algo.startswith("boft") and lc.groups > 1:
+        return False  # rejected: butterfly stages cross conv groups (tested separately)
     if c.dora and c.algo not in DORA_ALGOS:
         return False
     if (c.scalar or c.rs) and c.algo not in SCALED:
-        return False
-    if c.tucker and c.algo in ("lokr_full",):
         return False
     return True
 
@@ -120,7 +163,7 @@ def all_cases() -> list[Case]:
 def make(case: Case, seed: int = 0):
     torch.manual_seed(seed)
     lc = LAYER_BY_ID[case.layer]
-    model = Wrap(lc.make())
+    model = Wrap(lc.make()).eval()  # eval: DyLoRA trains random ranks in train mode
     x = torch.randn(*lc.x_shape)
     return model, x
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .algos.geometry import Geometry
+from .algos.geometry import Geometry, is_norm
 from .algos.options import AlgoOptions
 from .config import AdapterConfig
 from .errors import ConfigError, TargetError, short_list
@@ -29,7 +29,6 @@ from .layer import LycoLayer
 log = logging.getLogger("lyco")
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-NORM_TYPES = (nn.LayerNorm, nn.GroupNorm)
 
 
 def kohya_name(prefix: str, path: str) -> str:
@@ -78,13 +77,7 @@ def is_adaptable_layer(m: nn.Module) -> bool:
 
 
 def is_norm_layer(m: nn.Module) -> bool:
-    m = layer_of(m)
-    if isinstance(m, NORM_TYPES):
-        return getattr(m, "weight", None) is not None
-    if type(m).__name__.endswith("RMSNorm") or hasattr(m, "_norm"):
-        w = getattr(m, "weight", None)
-        return w is not None and getattr(w, "dim", lambda: 0)() == 1
-    return False
+    return is_norm(layer_of(m))
 
 
 def walk(module: nn.Module, prefix: str = "", ancestors: tuple = ()) -> Iterator[tuple[str, nn.Module, tuple]]:
@@ -168,7 +161,7 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
             if not (everything or in_block or direct):
                 continue
             direct_by_name = lambda p: bool(p) and names.first(p) is not None  # noqa: E731
-            geom = Geometry.from_module(layer_of(mod), path) if layer else None
+            geom = Geometry.from_module(layer_of(mod), path)
             overs = [mam[c] for c in anc_classes + [own_class] if c in mam]
             pat = overrides_by_name.first(path) if path else None
             if pat is not None:
@@ -176,7 +169,7 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
             opts_dict = cfg.with_overrides(*overs)
             if norm and not layer:
                 opts = AlgoOptions(**{k: v for k, v in opts_dict.items() if k in AlgoOptions.field_names()})
-                opts = opts.replace(algo="norm")
+                opts = opts.replace(algo="norm", dora_wd=False, dropout=0.0)
             else:
                 if geom.has_spatial_kernel and not sel.enable_conv and not direct_by_name(path):
                     continue

@@ -143,11 +143,14 @@ class Network(nn.Module):
         self.attached = False
 
     # ------------------------------------------------------------------ files
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The file content in fp32: ``<module name>.<part>`` -> tensor (folded as the format requires)."""
+    def state_tensors(self, dylora_rank: int | None = None) -> dict[str, torch.Tensor]:
+        """The file content in fp32: ``<module name>.<part>`` -> tensor (folded as the format requires).
+
+        ``dylora_rank`` truncates DyLoRA modules to that rank (a multiple of their block size)."""
         out: dict[str, torch.Tensor] = {}
         for name, a in self.adapters.items():
-            for part, t in a.export().items():
+            exported = a.export(dylora_rank) if (dylora_rank and a.algo == "dylora") else a.export()
+            for part, t in exported.items():
                 out[f"{name}.{part}"] = t
         return out
 
@@ -194,10 +197,12 @@ class Network(nn.Module):
         return meta
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
-             metadata: dict[str, str] | None = None) -> str:
-        """Write a kohya/LyCORIS ``.safetensors`` file.  ``dtype`` None keeps fp32 (lossless)."""
+             metadata: dict[str, str] | None = None, dylora_rank: int | None = None) -> str:
+        """Write a kohya/LyCORIS ``.safetensors`` file.  ``dtype`` None keeps fp32 (lossless).
+
+        ``dylora_rank`` writes DyLoRA modules truncated to that rank (a valid LoCon file at that rank)."""
         tensors = {}
-        for key, t in self.state_tensors().items():
+        for key, t in self.state_tensors(dylora_rank).items():
             part = key.split(".", 1)[1]
             if part == "alpha":
                 t = t.to(torch.float32)
@@ -226,6 +231,7 @@ def _install(net: Network, target: Target, adapter: AdapterModule, multiplier: f
     current = target.module
     adapter.multiplier = multiplier
     wrapper = LycoLayer(current, adapter, id(net))
+    wrapper.train(current.training)  # follow the model's train/eval mode
     if not isinstance(current, LycoLayer):
         flags = {n: p.requires_grad for n, p in current.named_parameters(recurse=False)}
         wrapper._frozen_flags = flags
@@ -251,12 +257,8 @@ def build_network(roots: list[Root], config: AdapterConfig, multiplier: float = 
     made: list[tuple[Target, AdapterModule]] = []
     for t in targets:
         cls = registry.get(t.opts.algo)
-        W = None
-        if t.geom is not None:
-            W, _ = base_params(t.module)
-            W = W.detach()
-        made.append((t, cls(t.geom, t.opts, t.name, base_weight=W, generator=gen) if t.geom is not None
-                     else cls.for_norm(layer_of(t.module), t.opts, t.name)))
+        W, _ = base_params(t.module)
+        made.append((t, cls(t.geom, t.opts, t.name, base_weight=W.detach(), generator=gen)))
     for t, adapter in made:
         _install(net, t, adapter, multiplier)
     net.attached = True
@@ -309,7 +311,7 @@ def network_from_tensors(
             continue
         root, path, mod = entry
         keys = set(parts)
-        cls = registry.detect(keys)
+        cls = registry.detect(parts)
         if cls is None:
             unknown_parts.append(f"{name}.{{{', '.join(sorted(keys))}}}")
             continue
@@ -324,10 +326,11 @@ def network_from_tensors(
             h["dora_axis"] = axis
         layer = layer_of(mod)
         try:
-            if cls.algo == "norm" or not is_adaptable_layer(mod):
-                adapter = cls.norm_from_file(layer, parts, name, h)
-            else:
-                adapter = cls.from_file(Geometry.from_module(layer, path), parts, name, h)
+            geom = Geometry.from_module(layer, path)
+            if (geom.kind == "norm") != (cls.algo == "norm"):
+                raise FileFormatError(f"module '{name}': {cls.algo} keys cannot adapt the model's "
+                                      f"{type(layer).__name__} layer at '{path}'")
+            adapter = cls.from_file(geom, parts, name, h)
         except FileFormatError as exc:
             raise FileFormatError(f"{source}: {exc}") from None
         except (ConfigError, TargetError) as exc:

@@ -1,5 +1,5 @@
 """Adapter algorithms.  Importing this package registers every algorithm."""
-from . import full, loha, lokr, lora  # noqa: F401  (registration side effects)
+from . import boft, dylora, full, glora, ia3, loha, lokr, lora, norm, oft  # noqa: F401  (registration side effects)
 from .base import AdapterModule
 from .geometry import Geometry
 from .options import AlgoOptions

@@ -126,7 +126,9 @@ class AdapterModule(nn.Module):
         return self.opts.dim
 
     def scale(self) -> float:
-        """s = alpha / r_f (r_f = sqrt(r) with rs-LoRA); alpha None or 0 means alpha = r."""
+        """s = alpha / r_f (r_f = sqrt(r) with rs-LoRA); alpha None or 0 means alpha = r.  1 for unscaled algorithms."""
+        if not self.scaled:
+            return 1.0
         r = self.rank
         alpha = self.opts.alpha if self.opts.alpha else r
         r_f = r ** 0.5 if self.opts.rs_lora else r
@@ -178,7 +180,8 @@ class AdapterModule(nn.Module):
         return d
 
     @classmethod
-    def detect(cls, parts: set[str]) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
+        """Whether a module's tensors (part name -> tensor) are this algorithm's."""
         raise NotImplementedError
 
     @classmethod

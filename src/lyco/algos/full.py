@@ -58,8 +58,8 @@ class FullModule(AdapterModule):
         return out
 
     @classmethod
-    def detect(cls, parts: set[str]) -> bool:
-        return "diff" in parts
+    def detect(cls, tensors) -> bool:
+        return "diff" in tensors
 
     @classmethod
     def from_file(cls, geom, tensors, name, hints):

@@ -19,9 +19,19 @@ from ..errors import TargetError
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm / GroupNorm / RMSNorm with an affine weight, or an RMSNorm-like module with ``weight`` + ``_norm``."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return False
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__.endswith("RMSNorm"):
+        return True
+    return callable(getattr(module, "_norm", None)) and w.dim() == 1
+
+
 @dataclass(frozen=True)
 class Geometry:
-    kind: Literal["linear", "conv"]
+    kind: Literal["linear", "conv", "norm"]
     in_features: int
     out_features: int
     kernel_size: tuple[int, ...] = ()
@@ -59,6 +69,8 @@ class Geometry:
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
+        if self.kind == "norm":
+            return (self.out_features,)
         if self.kind == "linear":
             return (self.out_features, self.in_features)
         return (self.out_features, self.in_per_group, *self.kernel_size)
@@ -73,6 +85,8 @@ class Geometry:
         return self.in_per_group * self.k_numel
 
     def describe(self) -> str:
+        if self.kind == "norm":
+            return f"Norm({self.out_features})"
         if self.kind == "linear":
             return f"Linear({self.in_features}->{self.out_features})"
         extra = f", stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
@@ -100,13 +114,17 @@ class Geometry:
                 standard=type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d),
                 has_bias=module.bias is not None,
             )
+        if is_norm(module):
+            return Geometry("norm", module.weight.numel(), module.weight.numel(),
+                            has_bias=getattr(module, "bias", None) is not None)
         # Linear-like layers from quantisation libraries (bitsandbytes, quanto, torchao ...): bypass only.
         if hasattr(module, "in_features") and hasattr(module, "out_features") and hasattr(module, "weight"):
             return Geometry("linear", int(module.in_features), int(module.out_features), standard=False,
                             has_bias=getattr(module, "bias", None) is not None)
         raise TargetError(
             f"module {name or type(module).__name__!r} ({type(module).__name__}) is not a layer lyco can adapt; "
-            "supported: Linear (and Linear-like quantised layers), Conv1d/2d/3d"
+            "supported: Linear (and Linear-like quantised layers), Conv1d/2d/3d, and with train_norm LayerNorm, "
+            "GroupNorm and RMSNorm-like layers"
         )
 
     # ----------------------------------------------------------------- functional ops

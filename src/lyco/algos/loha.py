@@ -101,8 +101,8 @@ class LoHaModule(AdapterModule):
         return d
 
     @classmethod
-    def detect(cls, parts: set[str]) -> bool:
-        return "hada_w1_a" in parts
+    def detect(cls, tensors) -> bool:
+        return "hada_w1_a" in tensors
 
     @classmethod
     def from_file(cls, geom, tensors, name, hints):

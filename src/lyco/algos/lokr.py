@@ -154,8 +154,8 @@ class LoKrModule(AdapterModule):
         return d
 
     @classmethod
-    def detect(cls, parts: set[str]) -> bool:
-        return bool({"lokr_w1", "lokr_w1_a"} & parts)
+    def detect(cls, tensors) -> bool:
+        return bool({"lokr_w1", "lokr_w1_a"} & tensors.keys())
 
     @classmethod
     def from_file(cls, geom, tensors, name, hints):

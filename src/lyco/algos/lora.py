@@ -104,8 +104,8 @@ class LoRAModule(AdapterModule):
         return d
 
     @classmethod
-    def detect(cls, parts: set[str]) -> bool:
-        return {"lora_down.weight", "lora_up.weight"} <= parts
+    def detect(cls, tensors) -> bool:
+        return {"lora_down.weight", "lora_up.weight"} <= tensors.keys()
 
     @classmethod
     def from_file(cls, geom, tensors, name, hints):

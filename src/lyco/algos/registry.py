@@ -48,9 +48,9 @@ def detection_order() -> list[type["AdapterModule"]]:
     return [cls for _, cls in _DETECT]
 
 
-def detect(parts: set[str]) -> type["AdapterModule"] | None:
-    """The algorithm whose keys a module's tensor names show (first match in the spec's order)."""
+def detect(tensors) -> type["AdapterModule"] | None:
+    """The algorithm a module's tensors (part name -> tensor) belong to (first match in the spec's order)."""
     for cls in detection_order():
-        if cls.detect(parts):
+        if cls.detect(tensors):
             return cls
     return None

@@ -13,10 +13,10 @@ from ..io.files import read_file
 
 def summarize(path: str) -> dict[str, Any]:
     tensors, meta = read_file(path)
-    groups: dict[str, set[str]] = {}
-    for k in tensors:
+    groups: dict[str, dict] = {}
+    for k, t in tensors.items():
         name, _, part = k.partition(".")
-        groups.setdefault(name, set()).add(part)
+        groups.setdefault(name, {})[part] = t
     algos: Counter = Counter()
     ranks: Counter = Counter()
     prefixes: Counter = Counter()
@@ -27,7 +27,7 @@ def summarize(path: str) -> dict[str, Any]:
             unknown.append(name)
             continue
         tag = cls.algo + ("+dora" if "dora_scale" in parts else "") + (
-            "+tucker" if parts & {"lora_mid.weight", "hada_t1", "lokr_t2"} else "")
+            "+tucker" if parts.keys() & {"lora_mid.weight", "hada_t1", "lokr_t2"} else "")
         algos[tag] += 1
         for key in ("lora_down.weight", "hada_w1_b", "lokr_w1_b", "lokr_w2_b"):
             if key in parts:

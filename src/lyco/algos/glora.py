@@ -1,0 +1,138 @@
+"""GLoRA: W' = W + s·(W·A + B), A = a1·a2 (I_g × I_g, low rank), B = b1·b2 (O × I_g·K, low rank)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import FileFormatError
+from .base import AdapterModule, base_params
+from .functional.common import kaiming_, rank_dropout_mask
+from .geometry import Geometry
+from .options import AlgoOptions
+from .registry import register
+
+
+class GLoRAModule(AdapterModule):
+    algo = "glora"
+    file_parts = frozenset({"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha", "scale"})
+
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+                 initialize: bool = True) -> None:
+        super().__init__(geom, opts, name, base_weight, generator, initialize)
+        r = opts.dim
+        if r < 1:
+            raise self._err(f"dim must be >= 1, got {r}")
+        i_g, o = geom.in_per_group, geom.out_features
+        self.a1 = nn.Parameter(torch.empty(i_g, r))
+        self.a2 = nn.Parameter(torch.zeros(r, i_g))
+        self.b1 = nn.Parameter(torch.empty(o, r))
+        self.b2 = nn.Parameter(torch.zeros(r, i_g, *geom.kernel_size))
+        if initialize:
+            kaiming_(self.a1, generator)
+            kaiming_(self.b1, generator)
+            if opts.use_scalar:
+                kaiming_(self.a2, generator)
+                kaiming_(self.b2, generator)
+
+    @property
+    def rank(self) -> int:
+        return self.a2.shape[0]
+
+    def mask_size(self) -> int:
+        return 2 * self.rank  # independent masks for the A and B branches
+
+    def _masked(self, mask):
+        a1, b1 = self.a1, self.b1
+        if mask is not None:
+            r = self.rank
+            a1 = a1 * mask[:r].to(a1.dtype)
+            b1 = b1 * mask[r:].to(b1.dtype)
+        return a1, b1
+
+    def delta_given(self, W: torch.Tensor, mask=None) -> torch.Tensor:
+        """ΔW_raw = W·a1·a2 + b1·b2 for the base weight W (fp32)."""
+        a1, b1 = self._masked(mask)
+        A = a1 @ self.a2  # (I_g, I_g)
+        Wf = W.float()
+        WA = torch.einsum("oi...,ij->oj...", Wf, A)
+        B = (b1 @ self.b2.reshape(self.rank, -1)).reshape(W.shape)
+        return WA + B
+
+    def adapted_weight(self, W, b, m, mask=None):
+        dW = self.t() * self.delta_given(W, mask)
+        return (W.float() + (dW if m == 1 else m * dW)).to(W.dtype), b
+
+    def bypass(self, x, base, m, mask):
+        W, b = base_params(base)
+        a1, b1 = self._masked(mask)
+        g = self.geom
+        c = self._cast
+        ax = g.pointwise(g.pointwise(x, c(self.a2, x)), c(a1, x))
+        branch_a = self._base_nobias(ax, base, W, b)
+        if g.kind == "linear":
+            branch_b = torch.nn.functional.linear(torch.nn.functional.linear(x, c(self.b2, x)), c(b1, x))
+        else:
+            branch_b = g.pointwise(g.spatial_conv(x, c(self.b2, x)), c(b1, x))
+        y = base(x)
+        d = (branch_a + branch_b) * self.t().to(y.dtype)
+        if self.opts.dropout > 0 and self.training:
+            d = torch.nn.functional.dropout(d, self.opts.dropout, training=True)
+        return y + d if m == 1 else y + m * d
+
+    def bypass_cost(self) -> int:
+        g = self.geom
+        return 2 * self.rank * g.in_per_group + g.out_features * g.in_per_group * g.k_numel + \
+            self.rank * (g.in_per_group * g.k_numel + g.out_features)
+
+    def export(self) -> dict[str, torch.Tensor]:
+        c = self.scalar.detach().float()
+        ones = self.geom.ones
+        r = self.rank
+        return self._export_common({
+            "a1.weight": self.a1.detach().float().reshape(-1, r, *ones).clone(),
+            "a2.weight": (self.a2.detach().float() * c).reshape(r, -1, *ones),
+            "b1.weight": self.b1.detach().float().reshape(-1, r, *ones).clone(),
+            "b2.weight": (self.b2.detach().float() * c).clone(),
+        })
+
+    @classmethod
+    def detect(cls, tensors) -> bool:
+        return "a1.weight" in tensors
+
+    @classmethod
+    def from_file(cls, geom, tensors, name, hints):
+        if "bm.weight" in tensors:
+            raise FileFormatError(f"module '{name}': GLoRA Tucker keys (bm.weight) are not supported (no UI applies "
+                                  "them); re-export without Tucker")
+        need = ["a1.weight", "a2.weight", "b1.weight", "b2.weight"]
+        missing = [p for p in need if p not in tensors]
+        if missing:
+            raise FileFormatError(f"module '{name}': GLoRA keys incomplete, missing {', '.join(missing)}")
+        a1, a2, b1, b2 = (tensors[p] for p in need)
+        r = a2.shape[0]
+        if not (b2.shape[0] == r and b1.shape[1] == r and a1.shape[1] == r):
+            raise FileFormatError(f"module '{name}': GLoRA keys are in a legacy layout (a1 {tuple(a1.shape)}, "
+                                  f"a2 {tuple(a2.shape)}, b1 {tuple(b1.shape)}, b2 {tuple(b2.shape)}); only the "
+                                  "current LyCORIS layout (a2/b2 rank-first) is supported")
+        g = geom
+        i_g = g.in_per_group
+        cls._check_shape(name, "a1.weight", a1.reshape(a1.shape[0], r), (i_g, r))
+        cls._check_shape(name, "a2.weight", a2.reshape(r, -1), (r, i_g))
+        cls._check_shape(name, "b1.weight", b1.reshape(b1.shape[0], r), (g.out_features, r))
+        cls._check_shape(name, "b2.weight", b2, (r, i_g, *g.kernel_size))
+        opts = AlgoOptions(algo=cls.algo, dim=r, alpha=cls._read_alpha(tensors, r))
+        mod = cls(g, opts, name, initialize=False)
+        with torch.no_grad():
+            mod.a1.copy_(a1.float().reshape(i_g, r))
+            mod.a2.copy_(a2.float().reshape(r, i_g))
+            mod.b1.copy_(b1.float().reshape(-1, r))
+            mod.b2.copy_(b2.float())
+        return mod
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe()
+
+
+register(GLoRAModule, detect_order=60)

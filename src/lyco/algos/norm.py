@@ -1,0 +1,112 @@
+"""Norm adapters (``train_norm``): Δγ, Δβ for LayerNorm, GroupNorm and RMSNorm-like layers, applied in one op."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import FileFormatError
+from .base import AdapterModule, base_params
+from .functional.common import rank_dropout_mask
+from .geometry import Geometry
+from .options import AlgoOptions
+from .registry import register
+
+
+def norm_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The norm layer's own computation with another (γ, β)."""
+    if isinstance(layer, nn.LayerNorm):
+        return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
+    if isinstance(layer, nn.GroupNorm):
+        return F.group_norm(x, layer.num_groups, weight, bias, layer.eps)
+    if isinstance(layer, getattr(nn, "RMSNorm", ())):
+        return F.rms_norm(x, layer.normalized_shape, weight, layer.eps)
+    normed = layer._norm(x.float()).type_as(x)
+    y = normed * weight.to(normed.dtype)
+    return y if bias is None else y + bias.to(y.dtype)
+
+
+def _raw(base: nn.Module) -> nn.Module:
+    fn = getattr(base, "raw_layer", None)
+    return fn() if callable(fn) else base
+
+
+class NormModule(AdapterModule):
+    algo = "norm"
+    file_parts = frozenset({"w_norm", "b_norm"})
+    scaled = False
+    allows_dropout = False
+    supports_conv = False
+
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+                 initialize: bool = True, has_bias: bool | None = None) -> None:
+        super().__init__(geom, opts, name, base_weight, generator, initialize)
+        if geom.kind != "norm":
+            raise self._err("the norm adapter applies to norm layers only")
+        c = geom.out_features
+        self.w_norm = nn.Parameter(torch.zeros(c))
+        has_bias = geom.has_bias if has_bias is None else has_bias
+        self.b_norm = nn.Parameter(torch.zeros(c)) if has_bias else None
+
+    @property
+    def rank(self) -> int:
+        return self.geom.out_features
+
+    def draw_mask(self, device):
+        if not (self.training and self.opts.rank_dropout > 0):
+            return None
+        return rank_dropout_mask(self.geom.out_features, self.opts.rank_dropout, self.opts.rank_dropout_scale, device)
+
+    def adapted_weight(self, W, b, m, mask=None):
+        dw = self.w_norm if mask is None else self.w_norm * mask
+        W2 = (W.float() + m * dw).to(W.dtype)
+        if b is not None and self.b_norm is not None:
+            db = self.b_norm if mask is None else self.b_norm * mask
+            b = (b.float() + m * db).to(b.dtype)
+        return W2, b
+
+    def forward(self, x, base):
+        m = self.multiplier
+        if m == 0 or (self.training and self.opts.module_dropout > 0 and torch.rand(()) < self.opts.module_dropout):
+            return base(x)
+        W, b = base_params(base)
+        W2, b2 = self.adapted_weight(W, b, m, self.draw_mask(x.device))
+        return norm_op(_raw(base), x, W2, b2)
+
+    def use_rebuild(self, base) -> bool:
+        return True
+
+    def bypass_cost(self) -> int:
+        return 0
+
+    def export(self) -> dict[str, torch.Tensor]:
+        out = {"w_norm": self.w_norm.detach().float().clone()}
+        if self.b_norm is not None:
+            out["b_norm"] = self.b_norm.detach().float().clone()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"algo": self.algo}
+
+    @classmethod
+    def detect(cls, tensors) -> bool:
+        return "w_norm" in tensors
+
+    @classmethod
+    def from_file(cls, geom, tensors, name, hints):
+        c = geom.out_features
+        for p in ("w_norm", "b_norm"):
+            if p in tensors and tensors[p].numel() != c:
+                raise FileFormatError(f"key '{name}.{p}' has {tensors[p].numel()} values; the norm layer has {c}")
+        has_b = "b_norm" in tensors and geom.has_bias
+        mod = cls(geom, AlgoOptions(algo=cls.algo, dim=1, alpha=None), name, initialize=False, has_bias=has_b)
+        with torch.no_grad():
+            mod.w_norm.copy_(tensors["w_norm"].float().reshape(-1))
+            if has_b:
+                mod.b_norm.copy_(tensors["b_norm"].float().reshape(-1))
+        return mod
+
+
+register(NormModule, detect_order=80)
