@@ -46,6 +46,7 @@ class Root:
     #: extra spellings accepted when reading files (name -> path resolution)
     read_aliases: Callable[[str], list[str]] | None = None
     config: AdapterConfig | None = None  # per-root config (e.g. text encoders with other targets)
+    family: str = ""  # "sd1" | "sd2" | "sdxl" for Stable Diffusion roots (presets differ slightly per family)
 
     def name(self, path: str) -> str:
         return self.namer(path) if self.namer else kohya_name(self.prefix, path)
@@ -125,7 +126,7 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
     candidates: list[str] = []
     for root in roots:
         cfg = root.config or config
-        sel = resolve_preset(cfg, root.prefix)
+        sel = resolve_preset(cfg, root.prefix, root.family)
         mam, nam = sel.module_algo_map, sel.name_algo_map
         classes = set(sel.target_modules) | set(mam)
         names = _Matcher(list(sel.target_names) + [k for k in nam if k not in sel.target_names], sel.use_fnmatch)

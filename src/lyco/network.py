@@ -210,6 +210,10 @@ class Network(nn.Module):
                 t = t.to(dtype)
             tensors[key] = t.contiguous()
         meta = self.build_metadata(metadata)
+        stem = os.path.splitext(os.path.basename(str(path)))[0]
+        meta.setdefault("ss_output_name", stem)
+        if "modelspec.sai_model_spec" in meta:
+            meta.setdefault("modelspec.title", meta["ss_output_name"])
         meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
         write_file(path, tensors, meta)
         return str(path)
@@ -304,6 +308,7 @@ def network_from_tensors(
     table = resolve_names(roots)
     unmatched, unknown_parts, ignored = [], [], []
     made: list[tuple[Target, AdapterModule]] = []
+    seen: dict[str, str] = {}
     for name, parts in groups.items():
         entry = table.get(name)
         if entry is None:
@@ -339,7 +344,12 @@ def network_from_tensors(
             log.warning("lyco: %s: %s", source, w)
         parent_path, _, attr = path.rpartition(".")
         parent = root.module.get_submodule(parent_path)
-        made.append((Target(root, path, mod, parent, attr, name, None, adapter.opts), adapter))  # type: ignore[arg-type]
+        canonical = root.name(path)  # files may use another spelling; the network writes the canonical one
+        if canonical in seen:
+            raise FileFormatError(f"{source}: the layer '{path}' appears twice in the file (as '{seen[canonical]}' "
+                                  f"and '{name}'); files must not mix naming layouts")
+        seen[canonical] = name
+        made.append((Target(root, path, mod, parent, attr, canonical, None, adapter.opts), adapter))  # type: ignore[arg-type]
     if ignored:
         log.warning("lyco: %s: ignored legacy sparse-residual keys (bias_indices/bias_values/bias_size) in %d modules",
                     source, len(ignored))

@@ -33,6 +33,8 @@ class Preset:
     use_fnmatch: bool = False
     #: adapt every Linear/Conv layer (generic models)
     everything: bool = False
+    #: SDXL UNet target names when they differ (sd-scripts leaves conv_in/conv_out/time/label embeddings out)
+    unet_target_name_sdxl: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,16 +66,17 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
     "kohya": _p("kohya", unet_target_module=TRANSFORMER, text_encoder_target_module=TE_BLOCKS, enable_conv=False),
     "kohya-conv": _p("kohya-conv", unet_target_module=TRANSFORMER + CONV_BLOCKS, text_encoder_target_module=TE_BLOCKS),
     "full": _p("full", unet_target_module=TRANSFORMER + CONV_BLOCKS, unet_target_name=FULL_EXTRA_NAMES,
-               text_encoder_target_module=TE_BLOCKS),
+               text_encoder_target_module=TE_BLOCKS, unet_target_name_sdxl=()),
     "full-lin": _p("full-lin", unet_target_module=TRANSFORMER + ("ResnetBlock2D",), unet_target_name=FULL_EXTRA_NAMES[2:],
-                   text_encoder_target_module=TE_BLOCKS, enable_conv=False),
+                   text_encoder_target_module=TE_BLOCKS, enable_conv=False, unet_target_name_sdxl=()),
     "attn-mlp": _p("attn-mlp", unet_target_module=TRANSFORMER, unet_target_name=FULL_EXTRA_NAMES[2:],
-                   text_encoder_target_module=TE_BLOCKS, enable_conv=False),
+                   text_encoder_target_module=TE_BLOCKS, enable_conv=False, unet_target_name_sdxl=()),
     "attn-only": _p("attn-only", unet_target_name=ATTN_UNET_NAMES, text_encoder_target_name=ATTN_TE_NAMES,
                     enable_conv=False),
     "unet-transformer-only": _p("unet-transformer-only", unet_target_module=TRANSFORMER,
-                                unet_target_name=FULL_EXTRA_NAMES[2:], enable_conv=False),
-    "unet-convblock-only": _p("unet-convblock-only", unet_target_module=CONV_BLOCKS),
+                                unet_target_name=FULL_EXTRA_NAMES[2:], enable_conv=False, unet_target_name_sdxl=()),
+    "unet-convblock-only": _p("unet-convblock-only", unet_target_module=CONV_BLOCKS, unet_target_name=FULL_EXTRA_NAMES[:2],
+                              unet_target_name_sdxl=()),
     "ia3": _p("ia3", unet_target_name=(r".*attn[12]\.(to_k|to_v)$", r".*ff\.net\.2$"),
               text_encoder_target_name=(r".*self_attn\.(k_proj|v_proj)$", r".*mlp\.fc2$"),
               enable_conv=False,
@@ -125,8 +128,8 @@ def is_text_encoder(prefix: str) -> bool:
     return prefix.startswith("lora_te")
 
 
-def resolve_preset(cfg: AdapterConfig, prefix: str) -> Selection:
-    """The target selection for one root (side chosen by its name prefix)."""
+def resolve_preset(cfg: AdapterConfig, prefix: str, family: str = "") -> Selection:
+    """The target selection for one root (side chosen by its name prefix; SDXL UNets may differ)."""
     te = is_text_encoder(prefix)
     excl = tuple(cfg.exclude_names)
     maps = (dict(cfg.module_algo_map), dict(cfg.name_algo_map))
@@ -144,4 +147,6 @@ def resolve_preset(cfg: AdapterConfig, prefix: str) -> Selection:
         return Selection((), (), excl + p.exclude_name, p.enable_conv, True, mam, nam, fn)
     mods = p.text_encoder_target_module if te else p.unet_target_module
     names = p.text_encoder_target_name if te else p.unet_target_name
+    if not te and family == "sdxl" and p.unet_target_name_sdxl is not None:
+        names = p.unet_target_name_sdxl
     return Selection(tuple(mods), tuple(names), excl + p.exclude_name, p.enable_conv, False, mam, nam, fn)

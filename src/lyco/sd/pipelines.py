@@ -1,0 +1,85 @@
+"""Loading Stable Diffusion pipelines offline: diffusers folders, single-file checkpoints, ``builtin:tiny``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import FileFormatError
+
+log = logging.getLogger("lyco")
+
+SINGLE_FILE_EXT = {".safetensors", ".ckpt", ".pt", ".pth"}
+
+
+def resolve_model_path(model: str | os.PathLike) -> Path:
+    """``builtin:tiny`` -> the shipped micro-world model; anything else is a local path."""
+    s = str(model)
+    if s.startswith("builtin:"):
+        name = s.split(":", 1)[1]
+        if name != "tiny":
+            raise FileFormatError(f"unknown built-in model {s!r}; available: builtin:tiny")
+        from ..world.model import tiny_model_path  # the micro-world ships lyco-tiny
+        return Path(tiny_model_path())
+    p = Path(s).expanduser()
+    if not p.exists():
+        raise FileFormatError(f"{p}: no such file or folder (lyco loads models offline: a diffusers folder, a "
+                              ".safetensors/.ckpt single file, or builtin:tiny)")
+    return p
+
+
+def load_pipeline(model: str | os.PathLike, *, family: str | None = None, prediction_type: str | None = None,
+                  tokenizer: Any = None, tokenizer_2: Any = None, torch_dtype: Any = None) -> Any:
+    """A diffusers pipeline from a diffusers folder, a single-file checkpoint or ``builtin:tiny`` (offline)."""
+    p = resolve_model_path(model)
+    if p.is_dir():
+        return _load_folder(p, tokenizer=tokenizer, tokenizer_2=tokenizer_2, torch_dtype=torch_dtype,
+                            prediction_type=prediction_type)
+    if p.suffix.lower() not in SINGLE_FILE_EXT:
+        raise FileFormatError(f"{p}: unknown model file type {p.suffix!r}; expected .safetensors or .ckpt")
+    from .single_file import load_single_file
+    return load_single_file(p, family=family, prediction_type=prediction_type, tokenizer=tokenizer,
+                            tokenizer_2=tokenizer_2, torch_dtype=torch_dtype)
+
+
+def _load_folder(p: Path, *, tokenizer: Any, tokenizer_2: Any, torch_dtype: Any, prediction_type: str | None) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    index = p / "model_index.json"
+    if not index.is_file():
+        raise FileFormatError(f"{p}: not a diffusers pipeline folder (no model_index.json)")
+    cls_name = json.loads(index.read_text()).get("_class_name", "")
+    xl = "XL" in cls_name
+    cls = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    kw: dict[str, Any] = {"local_files_only": True}
+    if torch_dtype is not None:
+        kw["torch_dtype"] = torch_dtype
+    if not xl:
+        kw.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
+    for name, given in (("tokenizer", tokenizer), ("tokenizer_2", tokenizer_2)):
+        if name == "tokenizer_2" and not xl:
+            continue
+        if given is False:
+            kw[name] = None
+        elif given is not None:
+            kw[name] = _tokenizer_from(given)
+        elif not (p / name / "vocab.json").is_file() and not (p / name / "tokenizer.json").is_file():
+            from .tokenizers import resolve_tokenizer
+            kw[name] = resolve_tokenizer("sdxl" if xl else "sd1", which=2 if name == "tokenizer_2" else 1)
+    try:
+        pipe = cls.from_pretrained(str(p), **kw)
+    except (OSError, ValueError) as exc:
+        raise FileFormatError(f"{p}: cannot load the diffusers pipeline offline: {exc}") from None
+    if prediction_type is not None:
+        pipe.scheduler.register_to_config(prediction_type=prediction_type)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tokenizer_from(given: Any) -> Any:
+    if isinstance(given, (str, os.PathLike)):
+        from transformers import CLIPTokenizer
+        return CLIPTokenizer.from_pretrained(str(given), local_files_only=True)
+    return given
