@@ -11,7 +11,13 @@ from .errors import LycoError
 #: verb -> (module, help).  Each module has ``main(argv) -> int``.
 VERBS = {
     "demo": ("lyco.demo", "train several adapters on a toy task, save, reload, print a table"),
-    "inspect": ("lyco.tools.inspect", "show what an adapter file contains"),
+    "inspect": ("lyco.tools.inspect", "show what an adapter file contains and which UIs load it"),
+    "merge": ("lyco.tools.merge", "bake adapters into a checkpoint, or merge adapters into one"),
+    "extract": ("lyco.tools.extract", "extract a LoCon from a fine-tuned model by SVD"),
+    "resize": ("lyco.tools.resize", "change the rank of a LoRA/LoCon by SVD"),
+    "convert": ("lyco.tools.convert", "convert between kohya, PEFT, diffusers and ui-safe files"),
+    "eval": ("lyco.eval.cli", "evaluate base model and adapters as the paper does; HTML report"),
+    "world": ("lyco.world.cli", "the embedded micro-world: render scenes, write concept datasets"),
 }
 
 

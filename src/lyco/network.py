@@ -142,6 +142,23 @@ class Network(nn.Module):
                     _restore_flags(below, w._frozen_flags)
         self.attached = False
 
+    def bake(self) -> None:
+        """Merge every adapter into its layer for good and remove the wrappers (the model keeps the adapted
+        weights; used to write merged checkpoints).  Networks stacked above must be baked first."""
+        self._check_attached()
+        for site in self._sites.values():
+            if self._above(site):
+                raise StateError(f"{site.name}: another network is stacked on this layer; bake it first")
+        self.merge()
+        for site in self._sites.values():
+            w = site.wrapper
+            w.merged = False
+            w._merge_backup = None
+            setattr(site.parent, site.attr, w.base_layer)
+            if not isinstance(w.base_layer, LycoLayer):
+                _restore_flags(w.base_layer, w._frozen_flags)
+        self.attached = False
+
     # ------------------------------------------------------------------ files
     def state_tensors(self, dylora_rank: int | None = None) -> dict[str, torch.Tensor]:
         """The file content in fp32: ``<module name>.<part>`` -> tensor (folded as the format requires).

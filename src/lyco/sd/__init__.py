@@ -20,7 +20,7 @@ from .info import ModelInfo, adapter_metadata, model_info, unet_family
 from .naming import te_aliases, te_namer, unet_aliases, unet_namer
 from .pipelines import load_pipeline
 
-__all__ = ["ModelInfo", "attach", "load", "load_pipeline", "model_info", "roots"]
+__all__ = ["ModelInfo", "adapter_metadata", "attach", "load", "load_pipeline", "model_info", "roots"]
 
 
 def _text_encoders(pipe: Any) -> list[tuple[str, Any]]:
