@@ -13,11 +13,12 @@ Public API::
 __version__ = "0.1.0"
 
 from .config import AdapterConfig  # noqa: E402
-from .errors import ConfigError, FileFormatError, LycoError, StateError, TargetError  # noqa: E402
+from .errors import (ConfigError, FileFormatError, LycoError, MissingTokenizerError, StateError, TargetError,  # noqa: E402
+                     TrainingError)
 from .network import Network, attach, load  # noqa: E402
 
 __all__ = [
     "AdapterConfig", "Network", "attach", "load",
-    "LycoError", "ConfigError", "TargetError", "FileFormatError", "StateError",
+    "LycoError", "ConfigError", "TargetError", "FileFormatError", "StateError", "MissingTokenizerError", "TrainingError",
     "__version__",
 ]

@@ -25,8 +25,16 @@ class FileFormatError(LycoError, ValueError):
     """An adapter file cannot be read or does not fit the model."""
 
 
+class MissingTokenizerError(FileFormatError):
+    """A tokenizer a Stable Diffusion pipeline needs is not available offline (argument, env var or HF cache)."""
+
+
 class StateError(LycoError, RuntimeError):
     """An operation is not allowed in the current state (e.g. unmerge out of order)."""
+
+
+class TrainingError(LycoError, RuntimeError):
+    """Training cannot continue (e.g. the loss became NaN); the message says where the last good checkpoint is."""
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -19,8 +19,11 @@ from ..network import Network, build_network, network_from_tensors
 from .info import ModelInfo, adapter_metadata, model_info, unet_family
 from .naming import te_aliases, te_namer, unet_aliases, unet_namer
 from .pipelines import load_pipeline
+from .single_file import detect_family, load_single_file, save_single_file, to_ldm_state_dict
+from .tokenizers import resolve_tokenizer
 
-__all__ = ["ModelInfo", "adapter_metadata", "attach", "load", "load_pipeline", "model_info", "roots"]
+__all__ = ["ModelInfo", "adapter_metadata", "attach", "detect_family", "load", "load_pipeline", "load_single_file",
+           "model_info", "resolve_tokenizer", "roots", "save_single_file", "to_ldm_state_dict"]
 
 
 def _text_encoders(pipe: Any) -> list[tuple[str, Any]]:
