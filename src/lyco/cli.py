@@ -10,6 +10,7 @@ from .errors import LycoError
 
 #: verb -> (module, help).  Each module has ``main(argv) -> int``.
 VERBS = {
+    "train": ("lyco.train.cli", "train an adapter from a TOML run file (accelerate-ready)"),
     "demo": ("lyco.demo", "train several adapters on a toy task, save, reload, print a table"),
     "inspect": ("lyco.tools.inspect", "show what an adapter file contains and which UIs load it"),
     "merge": ("lyco.tools.merge", "bake adapters into a checkpoint, or merge adapters into one"),

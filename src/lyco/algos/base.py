@@ -142,6 +142,12 @@ class AdapterModule(nn.Module):
         """s·c as a 0-d fp32 tensor."""
         return self.scalar.float() * self.scale()
 
+    def _t_for(self, like: torch.Tensor) -> torch.Tensor | float:
+        """s·c for multiplying an activation: a plain float when there is no learned scalar (one op less)."""
+        if isinstance(self.scalar, nn.Parameter):
+            return self.t().to(like.dtype)
+        return self.scale() * float(self.scalar)
+
     def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         """ΔW_raw (fp32, the layer's weight shape); rank-dropout ``mask`` applied."""
         raise NotImplementedError
@@ -285,7 +291,10 @@ class AdapterModule(nn.Module):
             return True
         if o.path != "auto":
             return o.path == "rebuild"
-        return 3 * self.bypass_cost() >= g.out_features * g.in_per_group * g.k_numel
+        auto = self.__dict__.get("_auto_rebuild")
+        if auto is None:  # per-token cost rule of the spec; fixed for the module's lifetime
+            auto = self.__dict__["_auto_rebuild"] = 3 * self.bypass_cost() >= g.out_features * g.in_per_group * g.k_numel
+        return auto
 
     def draw_mask(self, device: torch.device) -> torch.Tensor | None:
         if not (self.training and self.opts.rank_dropout > 0):
@@ -308,8 +317,8 @@ class AdapterModule(nn.Module):
     def apply_delta(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """s·c·ΔW_raw·x (the additive bypass delta)."""
         y = self.apply_raw(x, mask)
-        t = self.t()
-        return y * t.to(y.dtype)
+        t = self._t_for(y)
+        return y if (isinstance(t, float) and t == 1.0) else y * t
 
     def _base_nobias(self, x: torch.Tensor, base: nn.Module, W: torch.Tensor, b: torch.Tensor | None):
         if type(base) in STANDARD_LAYERS and self.geom.standard:
@@ -321,6 +330,11 @@ class AdapterModule(nn.Module):
         if self.dora_axis is not None:
             return self._dora_bypass(x, base, m, mask)
         y = base(x)
+        t = self._t_for(y)
+        if isinstance(t, float) and not (self.opts.dropout > 0 and self.training):
+            fused = self.add_scaled_delta(y, x, mask, t * m)
+            if fused is not None:
+                return fused
         d = self.apply_delta(x, mask)
         if self.opts.dropout > 0 and self.training:
             d = F.dropout(d, self.opts.dropout, training=True)
@@ -328,6 +342,11 @@ class AdapterModule(nn.Module):
         if db is not None:
             d = d + self.geom.channel_view(db.to(d.dtype))
         return y + d if m == 1 else y + m * d
+
+    def add_scaled_delta(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
+                         alpha: float) -> torch.Tensor | None:
+        """y + alpha·ΔW_raw·x in fewer ops, when the algorithm can fuse it (None: use the generic path)."""
+        return None
 
     # ------------------------------------------------------------------ DoRA
     def dora_norms(self, W: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

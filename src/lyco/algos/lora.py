@@ -84,6 +84,17 @@ class LoRAModule(AdapterModule):
     def bypass_cost(self) -> int:
         return F_lora.cost(self.geom, self.rank, self.tucker)
 
+    def add_scaled_delta(self, y, x, mask, alpha):
+        if self.geom.kind != "linear":
+            return None
+        # y + alpha·up(down(x)) as one addmm: two ops fewer than matmul, scale, add
+        h = torch.nn.functional.linear(x, self._cast(self.lora_down, x))
+        if mask is not None:
+            h = h * mask.to(h.dtype)
+        o = y.shape[-1]
+        out = torch.addmm(y.reshape(-1, o), h.reshape(-1, h.shape[-1]), self._cast(self.lora_up, x).t(), alpha=alpha)
+        return out.view(y.shape)
+
     # ------------------------------------------------------------------ files
     def export(self) -> dict[str, torch.Tensor]:
         g, r = self.geom, self.rank
