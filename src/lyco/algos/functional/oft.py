@@ -5,6 +5,8 @@ R = (I + Q)(I - Q)⁻¹ is orthogonal (R = I when A = 0).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -16,7 +18,28 @@ def cayley(blocks: torch.Tensor, constraint: float = 0.0) -> torch.Tensor:
         norm = q.norm() + 1e-8
         q = torch.where(norm > constraint, q * (constraint / norm), q)
     eye = torch.eye(q.shape[-1], device=q.device, dtype=q.dtype)
-    return torch.linalg.solve((eye - q).transpose(-1, -2), (eye + q).transpose(-1, -2)).transpose(-1, -2)
+    p = eye + q
+    if q.device.type != "cpu":
+        return torch.linalg.solve(eye - q, p)
+    # (I - Q)ᵀ = I + Q, so (I - Q)⁻¹ = S⁻¹(I + Q) with S = I - Q² symmetric positive definite, eigenvalues in
+    # [1, 1 + ‖Q‖²].  On CPUs, batched LAPACK calls on many tiny blocks are pathologically slow when the cores are
+    # busy; Newton–Schulz on S converges quadratically to the exact inverse using only batched matmuls.
+    # in float64: κ(S) = κ(I - Q)², and the blocks are tiny
+    p64, q64 = p.double(), q.double()
+    eye64 = eye.double()
+    return (p64 @ _spd_inverse(eye64 - q64 @ q64, q64) @ p64).to(q.dtype)
+
+
+def _spd_inverse(S: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """S⁻¹ for S = I - Q² (Newton–Schulz from X₀ = 2/(1 + λ_max)·I, iterated to fp32 rounding)."""
+    lam_max = 1.0 + q.detach().pow(2).sum((-1, -2), keepdim=True)  # ‖Q‖₂² ≤ ‖Q‖_F² per block
+    rho = float(((lam_max - 1) / (lam_max + 1)).max())
+    steps = 0 if rho <= 0 else max(1, math.ceil(math.log2(math.log(1e-9) / math.log(rho)))) if rho < 1 else 60
+    eye = torch.eye(S.shape[-1], device=S.device, dtype=S.dtype)
+    X = (2.0 / (1.0 + lam_max)) * eye
+    for _ in range(min(steps, 60)):
+        X = X @ (2 * eye - S @ X)
+    return X
 
 
 def rotate_rows_blockdiag(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -27,13 +50,15 @@ def rotate_rows_blockdiag(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
 
 
 def rotate_channels_blockdiag(z: torch.Tensor, R: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """diag-OFT bypass on activations: z'[j, q] = Σ_p R_j[p, q] z[j, p] along the channel axis."""
+    """diag-OFT bypass on activations: z'[j, q] = Σ_p R_j[p, q] z[j, p] along the channel axis (one bmm)."""
     n, bs, _ = R.shape
     if channel_dim == -1:
-        zb = z.reshape(*z.shape[:-1], n, bs)
-        return torch.einsum("...jp,jpq->...jq", zb, R).reshape(z.shape)
-    zb = z.reshape(z.shape[0], n, bs, -1)
-    return torch.einsum("bjpx,jpq->bjqx", zb, R).reshape(z.shape)
+        zb = z.reshape(-1, n, bs).transpose(0, 1)  # (n, M, bs)
+        return torch.bmm(zb, R).transpose(0, 1).reshape(z.shape)
+    b = z.shape[0]
+    zb = z.reshape(b, n, bs, -1).permute(1, 0, 3, 2).reshape(n, -1, bs)  # (n, B·S, bs)
+    out = torch.bmm(zb, R).reshape(n, b, -1, bs).permute(1, 0, 3, 2)
+    return out.reshape(z.shape)
 
 
 def butterfly_rows(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
