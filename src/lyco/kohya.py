@@ -17,7 +17,7 @@ import torch.nn as nn
 from .config import OVERRIDE_KEYS, AdapterConfig
 from .errors import ConfigError, did_you_mean
 from .inject import Root
-from .io.files import read_file
+from .io.files import group_by_module, read_file
 from .network import Network, build_network, network_from_tensors
 from .sd.naming import te_aliases, te_namer
 
@@ -164,10 +164,7 @@ class LycoKohyaNetwork(nn.Module):
             self._staged = tensors
             return {"staged": len(tensors)}
         from .algos import registry
-        groups: dict[str, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            name, _, part = k.partition(".")
-            groups.setdefault(name, {})[part] = v
+        groups = group_by_module(tensors)
         loaded, missing = 0, []
         with torch.no_grad():
             for name, parts in groups.items():

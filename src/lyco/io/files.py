@@ -87,6 +87,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
+def group_by_module(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"<module>.<part>": t}`` -> ``{module: {part: t}}`` (the module is the text before the first dot)."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k, t in tensors.items():
+        name, _, part = k.partition(".")
+        groups.setdefault(name, {})[part] = t
+    return groups
+
+
 def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
     """(sshs_model_hash, sshs_legacy_hash) as sd-scripts and A1111 compute them.
 

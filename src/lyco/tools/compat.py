@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..algos import registry
+from ..io.files import group_by_module
 
 CLIENTS = ("ComfyUI", "A1111", "Forge", "InvokeAI", "diffusers", "sd-scripts", "lycoris-lora")
 OK, APPROX, IGNORED, ERROR = "exact", "approximate", "ignored", "error"
@@ -122,9 +123,4 @@ def verdicts(groups: dict[str, dict[str, torch.Tensor]], sdxl_diffusers_names: b
     return out
 
 
-def group(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for k, t in tensors.items():
-        name, _, part = k.partition(".")
-        groups.setdefault(name, {})[part] = t
-    return groups
+group = group_by_module

@@ -258,10 +258,7 @@ def ui_safe(tensors: dict[str, torch.Tensor], base_roots: list[Root] | None = No
                 delta = W2.float() - raw.weight.float()
                 if dora_rank:
                     f = factor(delta, "fixed", dora_rank, svd="full")
-                    ones = (1,) * (delta.dim() - 2)
-                    out[f"{name}.lora_up.weight"] = f.up.reshape(delta.shape[0], f.rank, *ones)
-                    out[f"{name}.lora_down.weight"] = f.down
-                    out[f"{name}.alpha"] = torch.tensor(float(f.rank))
+                    out.update(f.locon_tensors(name, tuple(delta.shape)))
                     notes.append(f"{name}: {needs_base[name]} -> LoRA rank {f.rank}, relative error {f.rel_error:.3e}")
                 else:
                     out[f"{name}.diff"] = delta

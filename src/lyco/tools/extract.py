@@ -124,14 +124,7 @@ def extract_tensors(base_roots: list[Root], tuned_roots: list[Root], opts: Extra
             tensors[f"{t.name}.diff"] = delta.contiguous()
             report.layers.append(LayerReport(t.name, "full", min(o, fan), 0.0, dn))
             continue
-        ones = (1,) * (delta.dim() - 2)
-        tensors[f"{t.name}.lora_up.weight"] = f.up.reshape(o, f.rank, *ones)
-        if f.mid is not None:
-            tensors[f"{t.name}.lora_down.weight"] = f.down.reshape(f.rank, delta.shape[1], *ones)
-            tensors[f"{t.name}.lora_mid.weight"] = f.mid
-        else:
-            tensors[f"{t.name}.lora_down.weight"] = f.down
-        tensors[f"{t.name}.alpha"] = torch.tensor(float(f.rank))
+        tensors.update(f.locon_tensors(t.name, tuple(delta.shape)))
         report.layers.append(LayerReport(t.name, "tucker" if f.mid is not None else "locon", f.rank, f.rel_error, dn))
     if report.bias_changed:
         log.warning("lyco extract: %d layers also changed their bias, which LoCon cannot represent (first: %s)",

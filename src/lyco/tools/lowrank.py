@@ -21,6 +21,18 @@ class Factored:
     rel_error: float  # ‖ΔW - approx‖_F / ‖ΔW‖_F
     energy: float  # retained fraction of ‖ΔW‖_F²
 
+    def locon_tensors(self, name: str, weight_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """kohya/LyCORIS keys for these factors (alpha = rank, i.e. scale 1)."""
+        o, ones = weight_shape[0], (1,) * (len(weight_shape) - 2)
+        out = {f"{name}.lora_up.weight": self.up.reshape(o, self.rank, *ones)}
+        if self.mid is not None:
+            out[f"{name}.lora_down.weight"] = self.down.reshape(self.rank, weight_shape[1], *ones)
+            out[f"{name}.lora_mid.weight"] = self.mid
+        else:
+            out[f"{name}.lora_down.weight"] = self.down
+        out[f"{name}.alpha"] = torch.tensor(float(self.rank))
+        return out
+
 
 def select_rank(S: torch.Tensor, mode: str, param: float, max_rank: int) -> int:
     """Rank from singular values (descending) by ``mode``:

@@ -128,10 +128,7 @@ def merge_adapter_networks(nets: list[tuple[Network, float]], roots, rank: int |
         delta = W.float() - W0
         if rank:
             f = factor(delta, "fixed", rank, svd="full")
-            ones = (1,) * (delta.dim() - 2)
-            out[f"{name}.lora_up.weight"] = f.up.reshape(delta.shape[0], f.rank, *ones)
-            out[f"{name}.lora_down.weight"] = f.down
-            out[f"{name}.alpha"] = torch.tensor(float(f.rank))
+            out.update(f.locon_tensors(name, tuple(delta.shape)))
             rep.svd[name] = f.rel_error
         else:
             out[f"{name}.diff"] = delta

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, FileFormatError
-from ..io.files import read_file, write_file
+from ..io.files import group_by_module, read_file, write_file
 from ..network import Network
 from .lowrank import factor, lowrank_svd, select_rank
 
@@ -38,20 +38,12 @@ class ResizeReport:
                 f"(relative Frobenius error {math.sqrt(max(0.0, 1 - self.retained)):.3e})")
 
 
-def _lora_groups(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for k, t in tensors.items():
-        name, _, part = k.partition(".")
-        groups.setdefault(name, {})[part] = t
-    return groups
-
-
 def resize_lora_tensors(tensors: dict[str, torch.Tensor], mode: str, param: float,
                         progress: bool = False) -> tuple[dict[str, torch.Tensor], ResizeReport]:
     """Resize plain LoRA/LoCon (and Tucker LoCon) tensors without a model.  Output alpha = new rank (scale 1)."""
     out: dict[str, torch.Tensor] = {}
     rep = ResizeReport()
-    for name, parts in tqdm(_lora_groups(tensors).items(), desc="resize", disable=not progress):
+    for name, parts in tqdm(group_by_module(tensors).items(), desc="resize", disable=not progress):
         if not {"lora_up.weight", "lora_down.weight"} <= parts.keys():
             raise FileFormatError(f"module '{name}' is not LoRA/LoCon ({', '.join(sorted(parts))}); resize it with "
                                   "--base so it can be folded into ΔW first")
@@ -101,10 +93,7 @@ def resize_network(net: Network, mode: str, param: float, progress: bool = False
         rep.total_energy += norm2
         rep.kept_energy += norm2 * f.energy
         rep.layers[name] = (a.rank, f.rank, f.energy)
-        ones = (1,) * (delta.dim() - 2)
-        out[f"{name}.lora_up.weight"] = f.up.reshape(delta.shape[0], f.rank, *ones)
-        out[f"{name}.lora_down.weight"] = f.down
-        out[f"{name}.alpha"] = torch.tensor(float(f.rank))
+        out.update(f.locon_tensors(name, tuple(delta.shape)))
     return out, rep
 
 
