@@ -163,6 +163,9 @@ def scan_dataset(cfg: DatasetConfig) -> DatasetScan:
         if not root.is_dir():
             raise ConfigError(f"dataset folder {root} does not exist")
         for child in sorted(c for c in root.iterdir() if c.is_dir()):
+            if not any(p.suffix.lower() in IMAGE_EXT for p in child.iterdir()):
+                log.debug("lyco: %s has no images; not a subset", child)
+                continue
             m = _KOHYA_DIR.match(child.name)
             if not m:
                 log.warning("lyco: %s: folder name is not N_name; using repeats 1", child)
