@@ -35,7 +35,7 @@ def test_inspect_missing_file_is_a_clean_error(tmp_path, capsys):
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
-    assert main(["demo", "--steps", "20", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--toy", "--steps", "20", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for algo in ("lora", "loha", "lokr", "lora+dora", "full"):
         assert algo in out
