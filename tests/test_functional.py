@@ -103,3 +103,13 @@ def test_lokr_conv_bypass_matches_dense():
     dense = lokr_f.delta(w1, w2, g.weight_shape)
     ref = torch.nn.functional.conv2d(x, dense, None, 2, 1)
     assert torch.allclose(lokr_f.apply(x, g, a, b, c, d, w1, w2=w2), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("order_a", [True, False])
+def test_kron_apply_custom_autograd(order_a):
+    from lyco.algos.functional.lokr import _KronApply
+    torch.manual_seed(0)
+    X = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda X, a, b: _KronApply.apply(X, a, b, order_a), (X, w1, w2))

@@ -27,6 +27,44 @@ def make_w2(geom: Geometry, b: int, d: int, w2=None, w2a=None, w2b=None, t2=None
     return (w2a @ w2b).reshape(b, d, *k)
 
 
+class _KronApply(torch.autograd.Function):
+    """Y = W1·X·W2ᵀ per row (X: (M, c, d)), saving only X and the factors: the (M, c, b) or (M, a, d)
+    intermediate is recomputed in backward, so training memory matches the frozen layer's."""
+
+    @staticmethod
+    def forward(ctx, X, w1, w2, order_a: bool):
+        ctx.save_for_backward(X, w1, w2)
+        ctx.order_a = order_a
+        if order_a:
+            return torch.matmul(w1, torch.matmul(X, w2.T))
+        return torch.matmul(torch.matmul(w1, X), w2.T)
+
+    @staticmethod
+    def backward(ctx, gY):
+        X, w1, w2 = ctx.saved_tensors
+        need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+        gX = gw1 = gw2 = None
+        if ctx.order_a:
+            U = torch.matmul(w1.T, gY)  # (M, c, b)
+            if need_x:
+                gX = torch.matmul(U, w2)
+            if need_w2:
+                gw2 = U.reshape(-1, U.shape[-1]).T @ X.reshape(-1, X.shape[-1])
+            if need_w1:
+                T = torch.matmul(X, w2.T)  # recomputed
+                gw1 = gY.transpose(0, 1).reshape(gY.shape[1], -1) @ T.transpose(0, 1).reshape(T.shape[1], -1).T
+        else:
+            gV = torch.matmul(gY, w2)  # (M, a, d)
+            if need_x:
+                gX = torch.matmul(w1.T, gV)
+            if need_w1:
+                gw1 = gV.transpose(0, 1).reshape(gV.shape[1], -1) @ X.transpose(0, 1).reshape(X.shape[1], -1).T
+            if need_w2:
+                V = torch.matmul(w1, X)  # recomputed
+                gw2 = gY.reshape(-1, gY.shape[-1]).T @ V.reshape(-1, V.shape[-1])
+        return gX, gw1, gw2, None
+
+
 def delta(w1: torch.Tensor, w2: torch.Tensor, shape: tuple[int, ...], mask=None) -> torch.Tensor:
     """ΔW_raw = W1 ⊗ W2 (W1 broadcast over the kernel for convs); ``mask`` scales output rows."""
     if w2.dim() > 2:
@@ -41,17 +79,11 @@ def apply(
     """ΔW_raw applied to x via vec(W1·X·W2ᵀ) (linear) or a per-slice conv (conv).  groups must be 1."""
     if geom.kind == "linear":
         lead = x.shape[:-1]
-        X = x.reshape(*lead, c, d)
-        if w2 is not None:
-            w2_2d = w2
-            # the cheaper association: (X W2ᵀ) then W1 costs I·b + O·c, W1 X then W2ᵀ costs a·I + O·d
-            i_g, o = c * d, a * b
-            if i_g * b + o * c <= a * i_g + o * d:
-                y = torch.matmul(w1, X @ w2_2d.T)
-            else:
-                y = torch.matmul(w1, X) @ w2_2d.T
-        else:
-            y = torch.matmul(w1, F.linear(F.linear(X, w2b), w2a))  # (…, c, b) then W1: (…, a, b)
+        X = x.reshape(-1, c, d)
+        w2_2d = w2 if w2 is not None else w2a @ w2b
+        # the cheaper association: (X W2ᵀ) then W1 costs I·b + O·c, W1 X then W2ᵀ costs a·I + O·d
+        i_g, o = c * d, a * b
+        y = _KronApply.apply(X, w1, w2_2d, i_g * b + o * c <= a * i_g + o * d)
         return scale_channels(y.reshape(*lead, a * b), mask, -1)
     n = x.shape[0]
     spatial = x.shape[2:]
