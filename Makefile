@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lyco-installed
 
-.PHONY: test test-all demo bench clean
+.PHONY: test test-slow test-all demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -p no:cacheprovider
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n 2 -p no:cacheprovider -m slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 -p no:cacheprovider -m "slow or not slow"
