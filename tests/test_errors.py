@@ -182,7 +182,7 @@ def test_unmerge_out_of_order():
 
 def test_merge_out_of_order():
     m = Small()
-    n1 = lyco.attach(m)
+    lyco.attach(m)
     n2 = lyco.attach(m)
     with pytest.raises(StateError) as e:
         n2.merge()

@@ -88,7 +88,6 @@ def test_metadata_for_sd(family, version, v2, arch, tmp_path):
 
 def test_sdxl_reads_diffusers_spelling(tmp_path):
     from safetensors.torch import save_file
-    from lyco.sd.naming import unet_path_to_ldm
 
     pipe = make_pipeline("sdxl")
     net = lyco.sd.attach(pipe, algo="lora", preset="kohya-conv")

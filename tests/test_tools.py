@@ -15,7 +15,7 @@ import lyco.sd
 from lyco.tools import convert as conv
 from lyco.tools.compat import group, verdicts
 from lyco.tools.extract import extract
-from lyco.tools.lowrank import factor, select_rank
+from lyco.tools.lowrank import select_rank
 from lyco.tools.merge import merge_adapter_networks, merge_into_pipeline, parse_adapter_arg
 from lyco.tools.resize import resize_lora_tensors
 from sd_tiny import generate, make_pipeline
@@ -238,7 +238,7 @@ def test_kohya_peft_kohya_bit_exact(algo, tmp_path):
 
 @pytest.mark.parametrize("algo", ["lora", "loha", "lokr"])
 def test_peft_loads_the_conversion(algo, tmp_path):
-    peft = pytest.importorskip("peft")
+    pytest.importorskip("peft")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Conv2d(32, 24, 3, padding=1))
 

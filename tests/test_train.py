@@ -269,8 +269,7 @@ def test_resume_bit_identical_and_counters_continue(model_dir, tmp_path):
     assert fa.keys() == fb.keys()
     for k in fa:
         assert torch.equal(fa[k], fb[k]), k
-    ma, mb = lyco.io.files.read_metadata(tmp_path / "b" / "run" / "t.safetensors"), None
-    assert ma["ss_steps"] == "6"
+    assert lyco.io.files.read_metadata(tmp_path / "b" / "run" / "t.safetensors")["ss_steps"] == "6"
 
 
 def test_incomplete_state_is_ignored(model_dir, tmp_path):

@@ -1,7 +1,6 @@
 """The ``lyco`` command line: ``lyco <verb> ...``."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys

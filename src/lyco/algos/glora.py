@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..errors import FileFormatError
 from .base import AdapterModule, base_params
-from .functional.common import kaiming_, rank_dropout_mask
+from .functional.common import kaiming_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register

@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import base_params
 from .geometry import Geometry
 from .multiplicative import MultiplicativeModule
 from .options import AlgoOptions

@@ -30,7 +30,7 @@ class LoKrModule(AdapterModule):
         if r < 1:
             raise self._err(f"dim must be >= 1, got {r}")
         g = geom
-        o, i_g, k = g.out_features, g.in_per_group, g.kernel_size
+        k = g.kernel_size
         if layout is None:
             layout = self.plan(g, opts)
         a, b, c, d = layout["a"], layout["b"], layout["c"], layout["d"]

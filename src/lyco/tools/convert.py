@@ -16,12 +16,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..algos import registry
-from ..algos.functional import oft as F_oft
 from ..errors import ConfigError, FileFormatError
 from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import sd
 from ..config import AdapterConfig
-from ..errors import ConfigError, StateError, TrainingError
+from ..errors import StateError, TrainingError
 from . import checkpoint as ckpt
 from .buckets import Batch, assign, bucket_table, crop_box, make_buckets, plan_epoch
 from .config import TrainConfig
@@ -38,7 +38,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, resume: str | None) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list
+        from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
         self.cfg = cfg
         n = cfg.network
@@ -145,7 +145,7 @@ class LatentSource:
 def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     """Run training; returns the final adapter file."""
     run = Run(cfg, resume)
-    acc, out = run.acc, run.out
+    acc = run.acc
     t_cfg, n_cfg = cfg.train, cfg.network
     from accelerate.utils import set_seed
     set_seed(t_cfg.seed)

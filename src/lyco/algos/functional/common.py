@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:

@@ -6,7 +6,6 @@ or the Tucker form W2[i,j,κ] = Σ t2[p,q,κ] w2_a[p,i] w2_b[q,j].
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..geometry import Geometry
 from .common import scale_channels, scale_rows
