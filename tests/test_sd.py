@@ -182,3 +182,20 @@ def test_load_pipeline_errors(tmp_path):
     with pytest.raises(lyco.FileFormatError) as e:
         lyco.sd.load_pipeline(tmp_path / "empty")
     assert "model_index.json" in str(e.value)
+
+
+def test_folder_without_tokenizer_says_how_to_provide_it(tmp_path, monkeypatch):
+    pipe = make_pipeline("sd1", with_tokenizer=False)
+    pipe.save_pretrained(tmp_path / "m")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("LYCO_TOKENIZER_PATH", raising=False)
+    with pytest.raises(lyco.MissingTokenizerError) as e:
+        lyco.sd.load_pipeline(tmp_path / "m")
+    msg = str(e.value)
+    assert "LYCO_TOKENIZER_PATH" in msg and "huggingface-cli download" in msg
+    loaded = lyco.sd.load_pipeline(tmp_path / "m", tokenizer=False)
+    assert loaded.tokenizer is None and loaded.unet is not None
+    from sd_tiny import tokenizer_dir
+    monkeypatch.setenv("LYCO_TOKENIZER_PATH", tokenizer_dir())
+    assert lyco.sd.load_pipeline(tmp_path / "m").tokenizer is not None
