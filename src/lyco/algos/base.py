@@ -348,6 +348,18 @@ class AdapterModule(nn.Module):
         """y + alpha·ΔW_raw·x in fewer ops, when the algorithm can fuse it (None: use the generic path)."""
         return None
 
+    def _add_lowrank(self, y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, alpha: float) -> torch.Tensor | None:
+        """y + alpha·U·h as one (b)addmm, for h = V·x in the activation layout (R channels) and U (O, R)."""
+        u = self._cast(u, y)
+        if self.geom.kind == "linear":
+            o = y.shape[-1]
+            return torch.addmm(y.reshape(-1, o), h.reshape(-1, h.shape[-1]), u.t(), alpha=alpha).view(y.shape)
+        if h.shape[2:] != y.shape[2:]:
+            return None
+        n, o = y.shape[:2]
+        out = torch.baddbmm(y.reshape(n, o, -1), u.expand(n, *u.shape), h.reshape(n, h.shape[1], -1), alpha=alpha)
+        return out.view(y.shape)
+
     # ------------------------------------------------------------------ DoRA
     def dora_norms(self, W: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """‖W + s·c·ΔW_raw‖ per channel of the DoRA axis (flat fp32), without building W + ΔW when possible."""

@@ -80,6 +80,22 @@ class LoHaModule(AdapterModule):
     def bypass_cost(self) -> int:
         return F_loha.cost(self.geom, self.rank, self.tucker)
 
+    def add_scaled_delta(self, y, x, mask, alpha):
+        if mask is not None:
+            return None
+        w1a, w1b, w2a, w2b, t1, t2 = self._factors(x)
+        g = self.geom
+        if t1 is None:
+            u, v = F_loha.face_split(w1a, w1b, w2a, w2b)
+            if g.kind == "linear":
+                h = torch.nn.functional.linear(x, v)
+            else:
+                h = g.spatial_conv(x, v.reshape(v.shape[0], g.in_per_group, *g.kernel_size))
+        else:
+            u, core, inp = F_loha.tucker_factors(w1a, w1b, t1, w2a, w2b, t2)
+            h = g.core_conv(g.pointwise(x, inp), core)
+        return self._add_lowrank(y, h, u, alpha)
+
     # ------------------------------------------------------------------ files
     def export(self) -> dict[str, torch.Tensor]:
         c = self.scalar.detach().float()

@@ -123,6 +123,13 @@ class LoKrModule(AdapterModule):
     def bypass_cost(self) -> int:
         return F_lokr.cost(self.geom, self.a, self.b, self.c, self.d, self.rank, self.w2_form)
 
+    def add_scaled_delta(self, y, x, mask, alpha):
+        # the scale goes into the small W1 factor instead of a pass over the output
+        c = lambda t: None if t is None else self._cast(t, x)  # noqa: E731
+        d = F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x) * alpha, c(self.lokr_w2),
+                         c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2), mask)
+        return y + d
+
     def dora_norms(self, W, mask):
         if mask is not None:
             return super().dora_norms(W, mask)

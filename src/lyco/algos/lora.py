@@ -85,15 +85,19 @@ class LoRAModule(AdapterModule):
         return F_lora.cost(self.geom, self.rank, self.tucker)
 
     def add_scaled_delta(self, y, x, mask, alpha):
-        if self.geom.kind != "linear":
+        g = self.geom
+        if g.groups > 1:
             return None
-        # y + alpha·up(down(x)) as one addmm: two ops fewer than matmul, scale, add
-        h = torch.nn.functional.linear(x, self._cast(self.lora_down, x))
+        c = self._cast
+        if g.kind == "linear":
+            h = torch.nn.functional.linear(x, c(self.lora_down, x))
+        elif self.lora_mid is not None:
+            h = g.core_conv(g.pointwise(x, c(self.lora_down, x).reshape(self.rank, -1)), c(self.lora_mid, x))
+        else:
+            h = g.spatial_conv(x, c(self.lora_down, x))
         if mask is not None:
-            h = h * mask.to(h.dtype)
-        o = y.shape[-1]
-        out = torch.addmm(y.reshape(-1, o), h.reshape(-1, h.shape[-1]), self._cast(self.lora_up, x).t(), alpha=alpha)
-        return out.view(y.shape)
+            h = h * (mask.to(h.dtype) if g.kind == "linear" else mask.to(h.dtype).reshape(-1, *g.ones))
+        return self._add_lowrank(y, h, self.lora_up, alpha)
 
     # ------------------------------------------------------------------ files
     def export(self) -> dict[str, torch.Tensor]:
