@@ -269,9 +269,11 @@ def _fmt_row(r) -> str:
 
 
 def _best_ref(r) -> float | None:
-    """lycoris-lora's best *correct* mode: its bypass drops DoRA, so DoRA rows only count its rebuild."""
+    """lycoris-lora's best *correct* mode.  Its bypass silently drops DoRA, rotates the biased output for diag-OFT
+    (so bypass != merge whenever the layer has a bias) and contracts the batch axis for BOFT: for those rows only
+    its default (rebuild) mode is correct."""
     c = [r.get("lycoris")]
-    if not r["algo"].startswith("dora"):
+    if not r["algo"].startswith(("dora", "diag-oft", "boft")):
         c.append(r.get("lycoris_bypass"))
     c = [v for v in c if isinstance(v, float)]
     return min(c) if c else None

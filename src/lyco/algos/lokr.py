@@ -124,10 +124,17 @@ class LoKrModule(AdapterModule):
         return F_lokr.cost(self.geom, self.a, self.b, self.c, self.d, self.rank, self.w2_form)
 
     def add_scaled_delta(self, y, x, mask, alpha):
-        # the scale goes into the small W1 factor instead of a pass over the output
         c = lambda t: None if t is None else self._cast(t, x)  # noqa: E731
-        d = F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x) * alpha, c(self.lokr_w2),
-                         c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2), mask)
+        w2 = (c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2))
+        if self.geom.kind == "conv" and mask is None:
+            # y + alpha·W1·(W2 * x-slices) as one baddbmm over the output
+            h, spatial = F_lokr.conv_slices(x, self.geom, self.b, self.c, self.d, *w2)
+            if tuple(spatial) == tuple(y.shape[2:]):
+                n = y.shape[0]
+                out = torch.baddbmm(y.reshape(n, self.a, -1), self._w1(x).expand(n, self.a, self.c), h, alpha=alpha)
+                return out.view(y.shape)
+        # the scale goes into the small W1 factor instead of a pass over the output
+        d = F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x) * alpha, *w2, mask)
         return y + d
 
     def dora_norms(self, W, mask):

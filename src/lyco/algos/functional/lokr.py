@@ -84,9 +84,15 @@ def apply(
         i_g, o = c * d, a * b
         y = _KronApply.apply(X, w1, w2_2d, i_g * b + o * c <= a * i_g + o * d)
         return scale_channels(y.reshape(*lead, a * b), mask, -1)
+    h, out_spatial = conv_slices(x, geom, b, c, d, w2, w2a, w2b, t2)
+    y = torch.matmul(w1, h)  # (n, a, b*S')
+    return scale_channels(y.reshape(x.shape[0], a * b, *out_spatial), mask, 1)
+
+
+def conv_slices(x: torch.Tensor, geom: Geometry, b: int, c: int, d: int, w2=None, w2a=None, w2b=None, t2=None):
+    """W2 applied to each of the c input slices of a conv input: (n, c, b·S') and the output spatial size."""
     n = x.shape[0]
-    spatial = x.shape[2:]
-    xs = x.reshape(n * c, d, *spatial)
+    xs = x.reshape(n * c, d, *x.shape[2:])
     if w2 is not None:
         h = geom.spatial_conv(xs, w2)
     elif t2 is not None:
@@ -97,9 +103,7 @@ def apply(
         r = w2b.shape[0]
         h = geom.spatial_conv(xs, w2b.reshape(r, d, *geom.kernel_size))
         h = geom.pointwise(h, w2a)
-    out_spatial = h.shape[2:]
-    y = torch.matmul(w1, h.reshape(n, c, -1))  # (n, a, b*S')
-    return scale_channels(y.reshape(n, a * b, *out_spatial), mask, 1)
+    return h.reshape(n, c, -1), h.shape[2:]
 
 
 def row_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
