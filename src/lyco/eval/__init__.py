@@ -1,0 +1,12 @@
+"""The paper's evaluation framework: generate with the base model and each checkpoint on matched seeds, extract
+features, compute fidelity / controllability / diversity / preservation metrics, rank-normalise, report.
+
+    from lyco.eval import load_config, evaluate
+    outcome = evaluate(load_config("eval.toml"))       # writes <out>/report.html, results.csv, results.json
+
+Command line: ``lyco eval CONFIG.toml``.  Metric functions: :mod:`lyco.eval.metrics.functional`.
+"""
+from .config import EvalConfig, load_config
+from .runner import Outcome, evaluate
+
+__all__ = ["EvalConfig", "Outcome", "evaluate", "load_config"]

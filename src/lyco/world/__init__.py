@@ -1,0 +1,12 @@
+"""The embedded micro-world: a seeded procedural renderer with captions, held-out concepts, the ``lyco-tiny``
+base model (``builtin:tiny``, Stable Diffusion architecture) and tiny evaluation backbones.
+
+    from lyco.world import render, concepts, dataset, checks
+    img = render.render(render.sample_scene(render.scene_rng(seed=0, index=0)))     # (32, 32, 3) uint8
+    dataset.write_dataset("olis", "data/olis", seed=0)                              # kohya folder + prompt sets
+    pipe = lyco.world.model.load_pipeline("builtin:tiny")
+    checks.concept_score(image, "olis")                                             # how much it shows olis
+
+Submodules import lazily; torch/diffusers are only needed for ``model``, ``sampling``, ``checks``, ``backbones``.
+See ``lyco/world/README.md``.
+"""

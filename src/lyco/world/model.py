@@ -1,0 +1,105 @@
+"""The ``lyco-tiny`` base model: configs, the ``builtin:tiny`` model id, and the pipeline loader.
+
+``lyco-tiny`` is a Stable Diffusion 1.x-architecture model (AutoencoderKL + UNet2DConditionModel with
+cross-attention + CLIPTextModel and CLIPTokenizer) pretrained on the micro-world at 32×32 pixels
+(16×16×4 latents).  It is stored in diffusers format in ``lyco/data/tiny`` and loads with
+``StableDiffusionPipeline.from_pretrained(path)`` offline.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import LycoError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+BUILTIN_MODELS = {"tiny": DATA_DIR / "tiny"}
+IMAGE_SIZE = 32
+
+
+class ModelNotFoundError(LycoError, FileNotFoundError):
+    """A model id or path does not name a model folder."""
+
+
+def is_builtin(model_id: str) -> bool:
+    return isinstance(model_id, str) and model_id.startswith(BUILTIN_PREFIX)
+
+
+def resolve_model(model_id: str | os.PathLike[str]) -> Path:
+    """``builtin:tiny`` -> the shipped folder; any other string is returned as a path."""
+    text = os.fspath(model_id)
+    if is_builtin(text):
+        name = text[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_MODELS:
+            from ..errors import did_you_mean
+            raise ModelNotFoundError(f"unknown built-in model {text!r}{did_you_mean(name, BUILTIN_MODELS)}; "
+                                     f"built-ins: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)}")
+        path = BUILTIN_MODELS[name]
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"the built-in model {text!r} is missing its files at {path}; "
+                                     "reinstall lyco or run scripts/pretrain_tiny.py")
+        return path
+    return Path(text)
+
+
+def tiny_model_path() -> Path:
+    """The folder of the shipped ``lyco-tiny`` model (what ``builtin:tiny`` names)."""
+    return resolve_model(BUILTIN_PREFIX + "tiny")
+
+
+# ------------------------------------------------------------------------------------------ configs
+def vae_config() -> dict[str, Any]:
+    """AutoencoderKL with one downsample: 32×32×3 images <-> 16×16×4 latents."""
+    return {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 2,
+                "up_block_types": ("UpDecoderBlock2D",) * 2, "block_out_channels": (32, 64), "layers_per_block": 1,
+                "latent_channels": 4, "norm_num_groups": 32, "sample_size": IMAGE_SIZE}
+
+
+def unet_config(cross_attention_dim: int = 128) -> dict[str, Any]:
+    """UNet2DConditionModel on 16×16×4 latents, cross-attention at 8×8 and 4×4 (SD 1.x block types)."""
+    return {"sample_size": IMAGE_SIZE // 2, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+                "block_out_channels": (32, 64, 128),
+                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                "cross_attention_dim": cross_attention_dim, "attention_head_dim": 4, "norm_num_groups": 32}
+
+
+def text_config(vocab_size: int, bos: int, eos: int, hidden: int = 128) -> dict[str, Any]:
+    """A small CLIPTextModel (CLIP's layout: causal transformer, final layer norm, 77 positions)."""
+    return {"vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": 4 * hidden, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos, "projection_dim": hidden}
+
+
+def scheduler_config() -> dict[str, Any]:
+    """The noise schedule lyco-tiny was trained with (cosine betas suit 16×16 latents), as a DDIM config."""
+    return {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02,
+                "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+                "timestep_spacing": "leading"}
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_pipeline(model_id: str | os.PathLike[str] = "builtin:tiny", device: str = "cpu", dtype: Any = None) -> Any:
+    """``StableDiffusionPipeline`` for ``model_id`` (``builtin:tiny`` by default), with a DDIM scheduler and no
+    safety checker, on ``device``.  Never touches the network for built-ins."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    path = resolve_model(model_id)
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if dtype is not None and dtype != torch.float32:
+        kwargs["torch_dtype"] = dtype
+    if is_builtin(os.fspath(model_id)):
+        kwargs["local_files_only"] = True
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(os.fspath(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load a Stable Diffusion pipeline from {path}: {exc}") from exc
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
