@@ -150,6 +150,24 @@ def refine_decoder(args, vae, imgs: np.ndarray, lat_mean: torch.Tensor, lat_std:
     return vae
 
 
+def center_latents(vae, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Shift the latent space so every channel has mean 0, exactly: the channel means are folded into the
+    biases of quant_conv (encoder side) and post_quant_conv (decoder side), so decode(encode(x)) is unchanged.
+    Returns the shifted posterior means and the new scaling factor (1 / std of centred samples)."""
+    sample = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+    mu = sample.mean(dim=(0, 2, 3))
+    c = mu.numel()
+    with torch.no_grad():
+        vae.quant_conv.bias[:c] -= mu                    # moments = (mean, logvar): shift the mean half
+        w = vae.post_quant_conv.weight.reshape(vae.post_quant_conv.weight.shape[0], c)
+        vae.post_quant_conv.bias += w @ mu               # decoder sees z + mu again
+    centred = mean - mu.view(1, c, 1, 1)
+    scale = float(1.0 / (sample - mu.view(1, c, 1, 1)).std())
+    print(f"latents centred: channel means {[round(v, 3) for v in mu.tolist()]} removed; scaling_factor {scale:.4f}",
+          flush=True)
+    return centred, scale
+
+
 def build_text(work: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     tok_dir = os.path.join(work, "tokenizer")
@@ -167,6 +185,12 @@ def train_unet(args, scenes, lat_mean, lat_std, scale, work):
     sched = DDPMScheduler(**{k: v for k, v in M.scheduler_config().items() if k not in ("set_alpha_to_one",)})
     ac = sched.alphas_cumprod
     snr = ac / (1 - ac)
+    if args.init_from:
+        from diffusers import UNet2DConditionModel as _U
+        from transformers import CLIPTextModel as _T
+        unet.load_state_dict(_U.from_pretrained(os.path.join(args.init_from, "unet")).float().state_dict())
+        te.load_state_dict(_T.from_pretrained(os.path.join(args.init_from, "text_encoder")).float().state_dict())
+        print("unet/text encoder initialised from", args.init_from, flush=True)
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
@@ -268,6 +292,10 @@ def main() -> None:
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
+    ap.add_argument("--center-latents", action=argparse.BooleanOptionalAction, default=True,
+                    help="fold the latent channel means into the VAE so the diffusion model sees zero-mean latents")
+    ap.add_argument("--init-from", default=None,
+                    help="initialise the UNet and text encoder from an existing lyco-tiny folder (continue training)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -287,6 +315,8 @@ def main() -> None:
         refine_decoder(args, vae, imgs, mean, std, args.work)
         return
     vae = refine_decoder(args, vae, imgs, mean, std, args.work)
+    if args.center_latents:
+        mean, scale = center_latents(vae, mean, std)
     tok, te, unet = train_unet(args, scenes, mean, std, scale, args.work)
     write_model(args.out, vae, unet, te, tok, scale)
     # stage wall times, accumulated in --work/times.json across resumed invocations
