@@ -1,4 +1,5 @@
-"""On builtin:tiny, a few hundred steps of LoRA / LoHa / LoKr make trigger prompts produce the held-out concept
+"""On builtin:tiny, a few hundred steps of LoRA / LoHa / LoKr (LoHa learns slower: 500 steps; at 300 its score is
+0.49, at 500 0.66 / 0.72 for sampling seeds 1000 / 2000) make trigger prompts produce the held-out concept
 (measured with the micro-world's own classifier).  Slow: run with ``make test-slow``."""
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_concept_is_learned(algo, tmp_path):
     data = tmp_path / "olis"
     write_dataset("olis", data, seed=0)
     example = files("lyco") / "data" / "demo" / "olis-lora.toml"
-    over = {"lora": [], "loha": ['network.algo="loha"', "network.dim=4", "network.alpha=4.0"],
+    over = {"lora": [], "loha": ['network.algo="loha"', "network.dim=4", "network.alpha=4.0", "train.steps=500"],
             "lokr": ['network.algo="lokr"', "network.dim=10000", "network.alpha=1.0", "network.factor=8"]}[algo]
     cfg = load_config(str(example), [f'output_dir="{tmp_path / "run"}"', f'datasets.0.folders=["{data}"]',
                                      "sample.prompts=[]", "sample.at_start=false", *over])
