@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 import lyco
 from lyco.inject import Root, select_targets
