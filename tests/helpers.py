@@ -186,3 +186,37 @@ def assert_close_i1(y, y_ref, y_base, what=""):
     tol = 1e-5 * (y_ref - y_base).abs().max().item() + 1e-6 * max(1.0, y_base.abs().max().item())
     err = (y - y_ref).abs().max().item()
     assert err <= tol, f"{what}: max error {err:.3e} > tolerance {tol:.3e}"
+
+
+def toml_dumps(data: dict) -> str:
+    """A minimal TOML writer for test configs: scalars, lists, inline tables, [tables] and [[arrays of tables]];
+    None values are left out."""
+    import json
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items() if x is not None) + " }"
+        raise TypeError(v)
+
+    def table(d: dict) -> list[str]:
+        return [f"{k} = {val(x)}" for k, x in d.items() if x is not None]
+
+    def is_table_array(v) -> bool:
+        return isinstance(v, list) and bool(v) and isinstance(v[0], dict)
+
+    lines = table({k: v for k, v in data.items() if not isinstance(v, dict) and not is_table_array(v)})
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += [f"[{k}]", *table(v)]
+        elif is_table_array(v):
+            for item in v:
+                lines += [f"[[{k}]]", *table(item)]
+    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from helpers import toml_dumps
 from sd_tiny import make_pipeline, tokenizer_dir
 
 TINY_VGG_WIDTHS = (4, 8, 8, 16, 16)
@@ -114,30 +115,7 @@ def make_world(root: Path, gen_settings: dict) -> dict:
 
 
 def to_toml(cfg) -> str:
-    """A minimal TOML writer for the test config (strings, numbers, bools, lists, tables)."""
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {val(x)}" for k, x in v.items() if x is not None) + "}"
-        raise TypeError(v)
+    """The eval config as TOML (what a user would write)."""
     d = cfg.model_dump(mode="json", by_alias=True, exclude_none=True)
     d.pop("root")
-    lines = []
-    for k, v in d.items():
-        if isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                lines.append(f"[[{k}]]")
-                lines += [f"{kk} = {val(vv)}" for kk, vv in item.items() if vv is not None]
-        elif isinstance(v, dict):
-            lines.append(f"[{k}]")
-            lines += [f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None]
-        else:
-            lines.insert(0, f"{k} = {val(v)}")
-    return "\n".join(lines) + "\n"
+    return toml_dumps(d)

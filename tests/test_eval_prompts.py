@@ -79,7 +79,7 @@ def test_style_leaf_and_derived_agnostic(tmp_path):
 def test_config_errors_and_toml(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'generation.stpes' \(did you mean 'steps'"):
         EvalConfig(concepts=[{"category": "a", "class": "b", "descriptor": "c"}], generation={"stpes": 3})
-    with pytest.raises(ConfigError, match="unknown key 'concepts.0.prompts.alterr'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'concepts\[0\].prompts.alterr'"):
         EvalConfig(concepts=[{"category": "a", "class": "b", "descriptor": "c", "prompts": {"alterr": "x"}}])
     with pytest.raises(ConfigError, match="give 'adapter'"):
         EvalConfig(concepts=[{"category": "a", "class": "b", "descriptor": "c"}], checkpoints=[{"name": "x"}])

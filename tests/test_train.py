@@ -17,6 +17,7 @@ import lyco
 from lyco.train.buckets import assign, make_buckets, plan_epoch
 from lyco.train.config import BucketConfig, load_config
 from lyco.train.data import process_caption, scan_dataset
+from helpers import toml_dumps
 from train_fixtures import base_config, child_env, image_folder, tiny_model_dir
 
 
@@ -172,31 +173,7 @@ def test_buckets_never_drop_and_small_final_batch():
 
 # ----------------------------------------------------------------------------------------------- runs
 def _write_toml(path: Path, data: dict) -> None:
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
-        raise TypeError(v)
-    lines = []
-    for k, v in data.items():
-        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not (v and isinstance(v[0], dict))):
-            lines.append(f"{k} = {val(v)}")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            lines.append(f"[{k}]")
-            lines += [f"{kk} = {val(x)}" for kk, x in v.items()]
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                lines.append(f"[[{k}]]")
-                lines += [f"{kk} = {val(x)}" for kk, x in item.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(toml_dumps(data))
     assert tomllib.loads(path.read_text()) == data
 
 

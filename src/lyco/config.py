@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from .algos import registry
 from .algos.options import AlgoOptions
 from .errors import ConfigError, did_you_mean
+from .validation import format_validation_error
 
 #: option names that may appear in ``module_algo_map`` / ``name_algo_map`` overrides
 OVERRIDE_KEYS = (
@@ -16,22 +17,6 @@ OVERRIDE_KEYS = (
     "factor", "decompose_both", "full_matrix", "unbalanced_factorization", "block_size", "constraint", "rescaled",
     "train_on_input", "init", "path",
 )
-
-
-def _format_errors(exc: ValidationError, cls_name: str, fields: list[str], where: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            key = str(err["loc"][-1])
-            lines.append(f"unknown key {loc!r}{did_you_mean(key, fields)}")
-        else:
-            msg = err["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-            lines.append(f"{loc}: {msg} (got {err.get('input')!r})" if loc else msg)
-    head = f"invalid {cls_name}{' in ' + where if where else ''}: "
-    return head + "; ".join(lines)
 
 
 class AdapterConfig(BaseModel):
@@ -85,7 +70,7 @@ class AdapterConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(_format_errors(exc, "AdapterConfig", list(type(self).model_fields))) from None
+            raise ConfigError(format_validation_error(exc, type(self), "invalid AdapterConfig")) from None
 
     @field_validator("algo")
     @classmethod

@@ -18,13 +18,14 @@ Relative paths are resolved against the config file's folder.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, did_you_mean
+from ..validation import format_validation_error
 from .metrics import DEFAULT_METRICS, REGISTRY
 
 PromptSource = Union[str, list[str], None]
@@ -212,7 +213,7 @@ class EvalConfig(_Model):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(format_errors(exc, "eval config")) from None
+            raise ConfigError(format_validation_error(exc, EvalConfig, "invalid eval config")) from None
 
     @model_validator(mode="after")
     def _unique(self) -> "EvalConfig":
@@ -239,40 +240,6 @@ class EvalConfig(_Model):
     @property
     def cache_dir(self) -> Path:
         return self.path(self.cache) if self.cache else self.out_dir / "cache"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names of the (nested) model at ``loc`` (for did-you-mean on unknown keys)."""
-    cls: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or cls is None:
-            continue
-        field = cls.model_fields.get(part) or next((f for f in cls.model_fields.values() if f.alias == part), None)
-        if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        inner = [a for a in (ann, *args, *(x for a in args for x in getattr(a, "__args__", ())))
-                 if isinstance(a, type) and issubclass(a, BaseModel)]
-        cls = inner[0] if inner else None
-    if cls is None:
-        return []
-    return [f.alias or k for k, f in cls.model_fields.items()]
-
-
-def format_errors(exc: ValidationError, where: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
-        if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {dotted!r}{did_you_mean(str(loc[-1]), _fields_at(EvalConfig, loc))}")
-        else:
-            msg = err["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-            lines.append(f"{dotted}: {msg}" if dotted else msg)
-    return f"invalid {where}: " + "; ".join(lines)
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EvalConfig:

@@ -5,14 +5,15 @@ is reported in one pass before any model is loaded.  ``--set a.b=c`` overrides s
 """
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from ..config import AdapterConfig
 from ..errors import ConfigError, did_you_mean
+from ..validation import format_validation_error
 
 CONFIG_VERSION = 1
 
@@ -196,42 +197,6 @@ class TrainConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the (sub)model an error location points into (for did-you-mean)."""
-    cur: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        f = getattr(cur, "model_fields", {}).get(part)
-        if f is None:
-            return []
-        ann = f.annotation
-        args = getattr(ann, "__args__", None)
-        if args:
-            ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-        cur = ann
-    return list(getattr(cur, "model_fields", {}))
-
-
-def format_errors(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        path = ""
-        for p in loc:
-            path += f"[{p}]" if isinstance(p, int) else (("." if path else "") + str(p))
-        if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {path!r}{did_you_mean(str(loc[-1]), _fields_at(model, loc))}")
-        elif err["type"] == "missing":
-            lines.append(f"missing required key {path!r}")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            got = err.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            lines.append(f"{path or '<top level>'}: {msg}{shown}")
-    return f"{source}: {len(lines)} problem(s) in the config:\n  - " + "\n  - ".join(lines)
-
-
 def _set(data: dict, dotted: str, raw: str) -> None:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -276,6 +241,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, TrainConfig, source)) from None
+        raise ConfigError(format_validation_error(exc, TrainConfig, source)) from None
     except ConfigError as exc:  # raised by AdapterConfig inside network
         raise ConfigError(f"{source}: [network] {exc}") from None
