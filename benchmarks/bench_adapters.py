@@ -107,7 +107,7 @@ def saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
-def time_step(model: nn.Module, x: torch.Tensor, reps: int, warmup: int, device: str) -> tuple[float, int, int]:
+def _step_fn(model: nn.Module, x: torch.Tensor):
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
@@ -116,27 +116,46 @@ def time_step(model: nn.Module, x: torch.Tensor, reps: int, warmup: int, device:
         y.float().square().mean().backward()
         for p in params:
             p.grad = None
-        return y
 
-    for _ in range(warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
+    return step
+
+
+def time_steps(models: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup: int,
+               device: str) -> dict[str, tuple[float, int, int] | str]:
+    """Median step time, saved-for-backward bytes and (CUDA) peak memory per model (or the name of the exception
+    a model raised).  The models are timed
+    round-robin — rep k of every model before rep k+1 of any — so drift of a shared machine (frequency, other
+    jobs) hits all of them alike and the ratios stay fair."""
+    steps = {name: _step_fn(m, x) for name, m in models.items()}
+    peaks, failed = {}, {}
+    for name, step in list(steps.items()):
+        try:
+            for _ in range(warmup):
+                step()
+        except Exception as exc:  # noqa: BLE001 - the reference crashes on some rows; report it, time the rest
+            failed[name] = type(exc).__name__
+            del steps[name]
+            continue
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+        peaks[name] = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
 
-    def fwd():
-        xi = x.detach().requires_grad_(True)
-        return model(xi)
+    def fwd_of(m):
+        return lambda: m(x.detach().requires_grad_(True))
 
-    return statistics.median(times), saved_bytes(fwd), peak
+    out: dict = {name: (statistics.median(times[name]), saved_bytes(fwd_of(models[name])), peaks[name]) for name in steps}
+    return {**out, **failed}
 
 
 def build_lyco(layer, opts):
@@ -200,7 +219,7 @@ def main() -> int:
     args = ap.parse_args()
     device = args.device
     ranks = [int(r) for r in args.ranks.split(",")]
-    reps = args.reps or (3 if args.quick else 7)
+    reps = args.reps or (5 if args.quick else 9)
     warmup = 1 if args.quick else 2
     shapes = [s for s in SHAPES if (not args.quick or s.quick)]
     if args.shapes:
@@ -218,30 +237,32 @@ def main() -> int:
             layer.requires_grad_(False)
             x = torch.randn(*shape.x, device=device)
             base_model = nn.Sequential(copy.deepcopy(layer))
-            t_base, s_base, p_base = time_step(base_model, x, reps, warmup, device)
             for name in names:
                 lyco_opts, lycoris_kw, peft_spec = table[name]
                 is_conv = isinstance(layer, nn.Conv2d)
                 if name.startswith(("ia3",)) and is_conv:
                     continue
-                row = {"rank": rank, "shape": shape.id, "algo": name, "base": t_base, "base_saved": s_base}
+                row = {"rank": rank, "shape": shape.id, "algo": name}
+                models = {"base": base_model}
                 try:
-                    m = build_lyco(layer, lyco_opts).to(device)
-                    row["lyco"], row["lyco_saved"], row["lyco_peak"] = time_step(m, x, reps, warmup, device)
+                    models["lyco"] = build_lyco(layer, lyco_opts).to(device)
                 except lyco.LycoError as exc:
                     row["lyco_err"] = str(exc)[:60]
                 for mode, bypass in (("lycoris", False), ("lycoris_bypass", True)):
                     try:
-                        m = build_lycoris(layer, lycoris_kw, bypass).to(device)
-                        row[mode], row[mode + "_saved"], row[mode + "_peak"] = time_step(m, x, reps, warmup, device)
+                        models[mode] = build_lycoris(layer, lycoris_kw, bypass).to(device)
                     except Exception as exc:  # noqa: BLE001 - the reference may crash on some rows
                         row[mode + "_err"] = f"{type(exc).__name__}"
                 if peft_spec is not None and not (is_conv and peft_spec[0] == "LoKrConfig"):
                     try:
-                        m = build_peft(layer, peft_spec).to(device)
-                        row["peft"], row["peft_saved"], row["peft_peak"] = time_step(m, x, reps, warmup, device)
+                        models["peft"] = build_peft(layer, peft_spec).to(device)
                     except Exception as exc:  # noqa: BLE001
                         row["peft_err"] = f"{type(exc).__name__}"
+                for mode, res in time_steps(models, x, reps, warmup, device).items():
+                    if isinstance(res, str):
+                        row[mode + "_err"] = res
+                    else:
+                        row[mode], row[mode + "_saved"], row[mode + "_peak"] = res
                 rows.append(row)
                 print(_fmt_row(row), flush=True)
     md = report(rows, device, args)
@@ -288,7 +309,7 @@ def report(rows, device, args) -> str:
     lines = [f"# Adapter training-step benchmark ({device}{', quick' if args.quick else ''})", "",
              f"Machine: {machine()}", f"Date: {dt.datetime.now().isoformat(timespec='minutes')}",
              f"Command: `python {' '.join(sys.argv)}`", "",
-             "Times are medians of a forward+backward step (ms). `saved` = MB autograd keeps for backward.", "",
+             "Times are medians of a forward+backward step (ms), every implementation of a row timed round-robin. `saved` = MB autograd keeps for backward.", "",
              "| shape | algorithm | base | lyco | lycoris default | lycoris bypass | PEFT | lyco/lycoris default | "
              "lyco/lycoris best correct | lyco/base | saved MB lyco / lycoris |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
