@@ -191,13 +191,18 @@ def train_unet(args, scenes, lat_mean, lat_std, scale, work):
         unet.load_state_dict(_U.from_pretrained(os.path.join(args.init_from, "unet")).float().state_dict())
         te.load_state_dict(_T.from_pretrained(os.path.join(args.init_from, "text_encoder")).float().state_dict())
         print("unet/text encoder initialised from", args.init_from, flush=True)
+    dev = torch.device(args.device)
+    unet.to(dev)
+    te.to(dev)
+    snr = snr.to(dev)
+    sched.alphas_cumprod = sched.alphas_cumprod.to(dev)
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
     ckpt = os.path.join(work, "unet_ckpt.pt")
     start = 0
     if os.path.isfile(ckpt):
-        d = torch.load(ckpt)
+        d = torch.load(ckpt, map_location=dev)
         unet.load_state_dict(d["unet"]); te.load_state_dict(d["te"]); opt.load_state_dict(d["opt"])
         ema = d["ema"]; start = d["step"]
         print("unet: resuming at step", start, flush=True)
@@ -212,12 +217,13 @@ def train_unet(args, scenes, lat_mean, lat_std, scale, work):
         idx = g.integers(0, len(scenes), args.batch)
         caps = [R.caption(scenes[i], g) if g.random() >= args.cond_drop else "" for i in idx]
         ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
+                  return_tensors="pt").input_ids.to(dev)
         gen = torch.Generator().manual_seed(int(g.integers(0, 2**62)))
         it = torch.from_numpy(idx)
         z0 = (lat_mean[it] + lat_std[it] * torch.randn(lat_mean[it].shape, generator=gen)) * scale
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
+        z0, noise, t = z0.to(dev), noise.to(dev), t.to(dev)   # drawn on the CPU: same data on any device
         zt = sched.add_noise(z0, noise, t)
         cond = te(ids)[0]
         pred = unet(zt, t, cond).sample
@@ -243,6 +249,8 @@ def train_unet(args, scenes, lat_mean, lat_std, scale, work):
     with torch.no_grad():
         for e, p in zip(ema, params):
             p.copy_(e)
+    unet.cpu()
+    te.cpu()
     return tok, te, unet
 
 
@@ -292,6 +300,8 @@ def main() -> None:
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
+    ap.add_argument("--device", default="cpu", help="device of the UNet + text encoder stage (e.g. cuda); the VAE "
+                    "stages run on the CPU")
     ap.add_argument("--center-latents", action=argparse.BooleanOptionalAction, default=True,
                     help="fold the latent channel means into the VAE so the diffusion model sees zero-mean latents")
     ap.add_argument("--init-from", default=None,
