@@ -18,10 +18,10 @@ Relative paths are resolved against the config file's folder.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, did_you_mean

@@ -5,14 +5,14 @@ is reported in one pass before any model is loaded.  ``--set a.b=c`` overrides s
 """
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from ..config import AdapterConfig
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError
 from ..validation import format_validation_error
 
 CONFIG_VERSION = 1
