@@ -18,11 +18,8 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     """``builtin:tiny`` -> the shipped micro-world model; anything else is a local path."""
     s = str(model)
     if s.startswith("builtin:"):
-        name = s.split(":", 1)[1]
-        if name != "tiny":
-            raise FileFormatError(f"unknown built-in model {s!r}; available: builtin:tiny")
-        from ..world.model import tiny_model_path  # the micro-world ships lyco-tiny
-        return Path(tiny_model_path())
+        from ..world.model import resolve_model  # the micro-world ships the built-in models
+        return resolve_model(s)
     p = Path(s).expanduser()
     if not p.exists():
         raise FileFormatError(f"{p}: no such file or folder (lyco loads models offline: a diffusers folder, a "

@@ -7,14 +7,11 @@ cross-attention + CLIPTextModel and CLIPTokenizer) pretrained on the micro-world
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import LycoError
-
-log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -85,21 +82,13 @@ def scheduler_config() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ loading
 def load_pipeline(model_id: str | os.PathLike[str] = "builtin:tiny", device: str = "cpu", dtype: Any = None) -> Any:
-    """``StableDiffusionPipeline`` for ``model_id`` (``builtin:tiny`` by default), with a DDIM scheduler and no
-    safety checker, on ``device``.  Never touches the network for built-ins."""
+    """``StableDiffusionPipeline`` for ``model_id`` (``builtin:tiny`` by default) through lyco's offline loader,
+    with a DDIM scheduler (what the world's checks sample with), on ``device``."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
 
-    path = resolve_model(model_id)
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
-    if dtype is not None and dtype != torch.float32:
-        kwargs["torch_dtype"] = dtype
-    if is_builtin(os.fspath(model_id)):
-        kwargs["local_files_only"] = True
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(os.fspath(path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"cannot load a Stable Diffusion pipeline from {path}: {exc}") from exc
+    from ..sd import load_pipeline as sd_load_pipeline
+
+    pipe = sd_load_pipeline(model_id, torch_dtype=None if dtype in (None, torch.float32) else dtype)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
