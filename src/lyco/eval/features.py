@@ -16,9 +16,9 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
+from ..train.data import load_rgb
 from .backbones import Backbone
 
 log = logging.getLogger("lyco")
@@ -115,8 +115,8 @@ def extract(backbone: Backbone, items: Iterable[tuple[Path, str]], cache: Featur
                 todo[key] = (path, mode, sha)
         groups: dict[tuple, list[tuple[str, torch.Tensor]]] = defaultdict(list)
         for key, (path, mode, _) in todo.items():
-            with Image.open(path) as img:
-                t = backbone.preprocess(img, mode)
+            img, _ = load_rgb(Path(path))       # the trainer's reader: EXIF orientation, alpha, 16-bit, palettes
+            t = backbone.preprocess(img, mode)
             groups[tuple(t.shape)].append((key, t))
         for batch in groups.values():
             feats = backbone.encode_image(torch.stack([t for _, t in batch])).cpu().numpy().astype(np.float32)
