@@ -223,6 +223,8 @@ def train_unet(args, scenes, lat_mean, lat_std, scale, work):
         z0 = (lat_mean[it] + lat_std[it] * torch.randn(lat_mean[it].shape, generator=gen)) * scale
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
+        if args.offset_noise:  # a random per-channel constant: the model must not read the colour off the noise
+            noise = noise + args.offset_noise * torch.randn((args.batch, noise.shape[1], 1, 1), generator=gen)
         z0, noise, t = z0.to(dev), noise.to(dev), t.to(dev)   # drawn on the CPU: same data on any device
         zt = sched.add_noise(z0, noise, t)
         cond = te(ids)[0]
@@ -299,6 +301,8 @@ def main() -> None:
     ap.add_argument("--cond-drop", type=float, default=0.1)
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--offset-noise", type=float, default=0.0,
+                    help="std of a per-sample, per-channel constant added to the training noise (offset noise)")
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
     ap.add_argument("--device", default="cpu", help="device of the UNet + text encoder stage (e.g. cuda); the VAE "
                     "stages run on the CPU")

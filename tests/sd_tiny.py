@@ -5,8 +5,10 @@ written to a temporary folder so ``CLIPTokenizer.from_pretrained`` works on it.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from functools import lru_cache
 
@@ -31,6 +33,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def tokenizer_dir() -> str:
     """A folder with a minimal CLIP tokenizer (vocab.json + merges.txt)."""
     d = tempfile.mkdtemp(prefix="lyco-tiny-tok-")
+    atexit.register(shutil.rmtree, d, ignore_errors=True)  # one folder per test process, gone when it exits
     chars = list(_bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     with open(os.path.join(d, "vocab.json"), "w") as f:
