@@ -67,9 +67,10 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt_row(header)] + [fmt_row(r) for r in rows]
 
 
-def terminal_summary(outcome: Any) -> str:
+def terminal_summary(outcome: Any, field: str = "auto") -> str:
     """Per category: the rank-normalised scores per metric (checkpoints × metrics, 1 = best) when two or more
-    checkpoints are compared, else the raw values per metric and prompt set (checkpoints as columns)."""
+    checkpoints are compared (``field="score"``), else the raw values per metric and prompt set (checkpoints as
+    columns; ``field="value"``)."""
     from .metrics import PROMPT_TYPES, get_metric
 
     names = [v.name for v in outcome.plan.variants]
@@ -80,7 +81,7 @@ def terminal_summary(outcome: Any) -> str:
         rows = [r for r in aggs if r.category == cat]
         metrics = sorted({r.metric for r in rows}, key=lambda m: [r.metric for r in rows].index(m))
         label = lambda m: f"{get_metric(m).display} {'↑' if get_metric(m).higher_is_better else '↓'}"  # noqa: E731
-        if len(pooled) >= 2:
+        if field == "score" or (field == "auto" and len(pooled) >= 2):
             lines.append(f"{cat}: scores (rank over {len(pooled)} checkpoints, mean over prompt sets and encoders; "
                          "1 = best)")
             table = [[ck] + [_cell(_mean(r.score for r in rows if r.checkpoint == ck and r.metric == m))
