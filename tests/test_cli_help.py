@@ -124,3 +124,15 @@ def test_normal_command_is_quiet_and_verbose_is_not(tmp_path, capfd):
     finally:
         logging.getLogger("lyco").setLevel(level)
     assert "Loading pipeline components" in capfd.readouterr().err
+
+
+def test_missing_tokenizer_advice_is_for_the_command_line(monkeypatch, tmp_path):
+    from lyco.errors import MissingTokenizerError
+    from lyco.sd.tokenizers import resolve_tokenizer
+    monkeypatch.delenv("LYCO_TOKENIZER_PATH", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(MissingTokenizerError) as exc:
+        resolve_tokenizer("sd1")
+    msg = cli_message(exc.value)
+    assert "load_single_file" not in msg and "tokenizer=False" not in msg and "=False" not in msg
+    assert "one of two ways:\n  1. environment variable: LYCO_TOKENIZER_PATH=/path/to/folder\n  2. Hugging Face cache" in msg

@@ -136,3 +136,19 @@ def test_generate_errors(adapters, tmp_path, capsys):
     assert main(["generate", "builtin:tiny", "x", "--adapter", "nope.safetensors:0.5"]) == 1
     assert "nope.safetensors" in capsys.readouterr().err
     assert f.read_bytes() == b"x"
+
+
+def test_png_files_are_whole_and_have_normal_permissions(tmp_path):
+    import os
+
+    from lyco.generate import save_png
+    img = Image.new("RGB", (8, 8))
+    (tmp_path / "00000-5.png").write_bytes(b"keep")
+    old = os.umask(0o022)
+    try:
+        p = save_png(img, tmp_path, 0, 5, "a\nSteps: 1, Sampler: DDIM, Seed: 5")
+    finally:
+        os.umask(old)
+    assert p.name == "00001-5.png" and (tmp_path / "00000-5.png").read_bytes() == b"keep"
+    assert p.stat().st_mode & 0o777 == 0o644
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["00000-5.png", "00001-5.png"]  # no temporary left

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -28,6 +29,12 @@ CLI_HINTS = {
     "pass strict=False to load the rest": "pass --ignore-unmatched to load the rest",
     "pass overwrite=True to replace it": "pass --overwrite to replace it",
 }
+#: (pattern, replacement) for advice with no command-line equivalent (the missing-tokenizer message's API options)
+CLI_REWRITES = [
+    (re.compile(r"Provide it in one of three ways:\n  1\. argument: [^\n]*\n  2\. (?P<env>[^\n]*)\n  3\. "),
+     "Provide it in one of two ways:\n  1. \\g<env>\n  2. "),
+    (re.compile(r"\nTo load without tokenizers \([^)]*\), pass \w+=False\."), ""),
+]
 
 #: environment that keeps the Hugging Face libraries quiet (read when they are imported; user settings win)
 QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -54,9 +61,12 @@ def configure_output(verbose: bool) -> None:
 
 
 def cli_message(exc: LycoError) -> str:
+    """The error text with Python-API advice replaced by what works on the command line."""
     msg = str(exc)
     for api, flag in CLI_HINTS.items():
         msg = msg.replace(api, flag)
+    for pattern, repl in CLI_REWRITES:
+        msg = pattern.sub(repl, msg)
     return msg
 
 

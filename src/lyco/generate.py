@@ -220,8 +220,10 @@ def next_index(folder: Path) -> int:
 
 
 def save_png(image: Any, folder: Path, index: int, seed: int, text: str) -> Path:
-    """Write ``NNNNN-SEED.png`` with the ``parameters`` chunk; never replaces a file (the next number is taken)."""
+    """Write ``NNNNN-SEED.png`` with the ``parameters`` chunk, whole or not at all (a temporary file hard-linked
+    into place); never replaces a file: a taken name moves on to the next number."""
     import io
+    import tempfile
 
     from PIL.PngImagePlugin import PngInfo
 
@@ -229,14 +231,22 @@ def save_png(image: Any, folder: Path, index: int, seed: int, text: str) -> Path
     info.add_text("parameters", text)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
-    while True:
-        path = folder / f"{index:05d}-{seed}.png"
-        try:
-            with open(path, "xb") as f:
-                f.write(buf.getvalue())
-            return path
-        except FileExistsError:
-            index += 1
+    fd, tmp = tempfile.mkstemp(prefix=".lyco-", suffix=".png.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        while True:
+            path = folder / f"{index:05d}-{seed}.png"
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                index += 1
+    finally:
+        os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------- generation

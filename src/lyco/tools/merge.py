@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     adapters = [parse_adapter_arg(s) for s in a.adapters]
     strict = not a.ignore_unmatched
     if a.adapter:
+        if (a.unet_weight, a.te_weight) != (1.0, 1.0):
+            raise ConfigError("--unet-weight / --te-weight apply to checkpoint merges; with --adapter give each "
+                              "adapter its weight (path:weight)")
         rep = merge_adapters(a.base, adapters, a.output, rank=a.rank, dtype=a.dtype or "fp16", overwrite=a.overwrite,
                              strict=strict)
         print(rep.summary())
