@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch.nn as nn
 
 import lyco
@@ -40,3 +41,15 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     for algo in ("lora", "loha", "lokr", "lora+dora", "full"):
         assert algo in out
     assert len(list(tmp_path.glob("*.safetensors"))) == 6
+
+
+@pytest.mark.slow
+def test_world_demo_ends_with_the_papers_evaluation(tmp_path, capsys):
+    assert main(["demo", "--steps", "10", "--eval-images", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "the paper's evaluation, base vs tuned" in out and "character: raw values" in out
+    header = next(ln for ln in out.splitlines() if ln.strip().startswith("metric"))
+    assert header.split()[-2:] == ["base", "olis-lora"]
+    report = tmp_path / "eval" / "report.html"
+    assert f"report:         {report}" in out and report.is_file()
+    assert (tmp_path / "before_after.png").is_file() and (tmp_path / "run" / "olis-lora.safetensors").is_file()

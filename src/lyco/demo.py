@@ -1,5 +1,5 @@
-"""``lyco demo``: fine-tune the embedded ``builtin:tiny`` model on a held-out micro-world concept with LoRA and
-measure that it learned it; ``lyco demo --toy``: several algorithms on a toy model, with a table of parameter
+"""``lyco demo``: fine-tune the embedded ``builtin:tiny`` model on a held-out micro-world concept with LoRA, measure
+that it learned it and end with the paper's evaluation of base vs tuned (HTML report); ``lyco demo --toy``: several algorithms on a toy model, with a table of parameter
 counts, file sizes and losses."""
 from __future__ import annotations
 
@@ -91,8 +91,9 @@ def run(steps: int = 150, lr: float = 3e-3, out_dir: str | None = None) -> list[
     return rows
 
 
-def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16) -> dict:
-    """Make the 'olis' concept dataset, train builtin:tiny on it with LoRA, and measure the concept before/after."""
+def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16, eval_images: int = 4) -> dict:
+    """Make the 'olis' concept dataset, train builtin:tiny on it with LoRA, measure the concept before/after, and
+    (``eval_images`` > 0) evaluate base vs tuned as the paper does (:func:`paper_eval`)."""
     from importlib.resources import files
     from pathlib import Path
 
@@ -127,22 +128,50 @@ def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16) -> dict
     grid_path = out / "before_after.png"
     Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(grid_path)
     sb, sa = concept_scores(before, "olis"), concept_scores(after, "olis")
-    return {"dataset": data, "images": info.n_images, "adapter": final, "samples": final.parent / "samples",
-            "grid": grid_path, "before": float(np.mean(sb)), "after": float(np.mean(sa)),
-            "shown_before": sum(s >= 0.5 for s in sb), "shown_after": sum(s >= 0.5 for s in sa), "n": len(sb),
-            "seconds": train_s, "steps": cfg.train.steps, "logs": final.parent / "logs"}
+    result = {"dataset": data, "images": info.n_images, "adapter": final, "samples": final.parent / "samples",
+              "grid": grid_path, "before": float(np.mean(sb)), "after": float(np.mean(sa)),
+              "shown_before": sum(s >= 0.5 for s in sb), "shown_after": sum(s >= 0.5 for s in sa), "n": len(sb),
+              "seconds": train_s, "steps": cfg.train.steps, "logs": final.parent / "logs"}
+    if eval_images > 0:
+        t1 = time.perf_counter()
+        result["eval"] = paper_eval(out / "eval", data, final, eval_images)
+        result["eval_seconds"] = time.perf_counter() - t1
+    return result
+
+
+def paper_eval(out: Any, data: Any, adapter: Any, images: int) -> Any:
+    """``lyco eval`` of builtin:tiny with and without the adapter on the held-out concept: every prompt set of the
+    concept (``images`` images each, DDIM 20 steps, CFG 5 as the tiny model was trained for), the paper's metrics
+    with the micro-world's backbones, an HTML report (and CSV/JSON) in ``out``."""
+    import sys
+
+    from .eval.config import EvalConfig
+    from .eval.runner import evaluate
+
+    cfg = EvalConfig(base="builtin:tiny", out=str(out),
+                     checkpoints=[{"name": "olis-lora", "adapter": str(adapter), "config": "lora"}],
+                     concepts=[{"world": "olis", "dataset": str(data)}],
+                     generation={"sampler": "ddim", "steps": 20, "guidance_scale": 5.0, "images": images,
+                                 "batch_size": 32},
+                     rank={"include_base": True},
+                     report={"title": "lyco demo: builtin:tiny before and after LoRA on 'olis creature'",
+                             "grid_images": min(images, 4)})
+    return evaluate(cfg, progress=sys.stderr.isatty())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lyco demo", description="Fine-tune the embedded model on a held-out concept "
-                                 "with LoRA and show it learned it (or --toy: adapters on a toy model).")
+                                 "with LoRA, show it learned it and evaluate it as the paper does (or --toy: "
+                                 "adapters on a toy model).")
     ap.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
     ap.add_argument("--toy", action="store_true", help="the quick toy demo: several algorithms on a small model")
+    ap.add_argument("--eval-images", type=int, default=4,
+                    help="images per prompt set in the closing evaluation (default 4; 0 skips it)")
     args = ap.parse_args(argv)
     if args.toy:
         return toy_main(args.steps or 150, args.out)
-    r = world_demo(args.out, args.steps)
+    r = world_demo(args.out, args.steps, eval_images=args.eval_images)
     print(f"\nlyco demo: taught builtin:tiny the held-out concept 'olis creature' ({r['images']} images) with LoRA, "
           f"{r['steps']} steps in {r['seconds']:.0f} s")
     print(f"  concept score on {r['n']} trigger-prompt images (world classifier, >= 0.5 = shows the concept):")
@@ -153,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  before | after: {r['grid']}")
     print(f"  samples:        {r['samples']}")
     print(f"  TensorBoard:    tensorboard --logdir {r['logs']}")
+    if "eval" in r:
+        from .eval.cli import terminal_summary
+        print(f"\nthe paper's evaluation, base vs tuned ({r['eval_seconds']:.0f} s):")
+        print("\n".join("  " + line for line in terminal_summary(r["eval"], "value").splitlines()))
+        print(f"  report:         {r['eval'].files['html']}")
     return 0
 
 

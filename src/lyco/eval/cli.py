@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("lyco")
 
@@ -22,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (overrides 'out')")
     p.add_argument("--cache", help="image/feature cache folder (overrides 'cache'; default <out>/cache)")
     p.add_argument("--dry-run", action="store_true", help="show the plan (images to generate) and stop")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are shown on a terminal only)")
     p.add_argument("--no-report", action="store_true", help="write results.csv/json but no HTML")
     return p
 
@@ -46,8 +49,56 @@ def main(argv: list[str] | None = None) -> int:
                              for k, ps in leaf.prompt_sets.items())
             print(f"  {leaf.id} ({leaf.descriptor!r}; {len(leaf.images)} dataset images): {sets}")
         return 0
-    outcome = evaluate(cfg, progress=not args.no_progress, report=not args.no_report)
+    outcome = evaluate(cfg, progress=not args.no_progress and sys.stderr.isatty(), report=not args.no_report)
     if outcome is not None:
+        print(terminal_summary(outcome))
         for kind, path in outcome.files.items():
             print(f"{kind}: {path}")
     return 0
+
+
+def _cell(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.3g}" if abs(v) < 1000 else f"{v:.3e}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    fmt_row = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt_row(header)] + [fmt_row(r) for r in rows]
+
+
+def terminal_summary(outcome: Any, field: str = "auto") -> str:
+    """Per category: the rank-normalised scores per metric (checkpoints × metrics, 1 = best) when two or more
+    checkpoints are compared (``field="score"``), else the raw values per metric and prompt set (checkpoints as
+    columns; ``field="value"``)."""
+    from .metrics import PROMPT_TYPES, get_metric
+
+    names = [v.name for v in outcome.plan.variants]
+    aggs = [r for r in outcome.aggregates if r.level == "category"]
+    pooled = [n for n in names if any(not math.isnan(r.score) for r in aggs if r.checkpoint == n)]
+    lines: list[str] = []
+    for cat in sorted({r.category for r in aggs}):
+        rows = [r for r in aggs if r.category == cat]
+        metrics = sorted({r.metric for r in rows}, key=lambda m: [r.metric for r in rows].index(m))
+        label = lambda m: f"{get_metric(m).display} {'↑' if get_metric(m).higher_is_better else '↓'}"  # noqa: E731
+        if field == "score" or (field == "auto" and len(pooled) >= 2):
+            lines.append(f"{cat}: scores (rank over {len(pooled)} checkpoints, mean over prompt sets and encoders; "
+                         "1 = best)")
+            table = [[ck] + [_cell(_mean(r.score for r in rows if r.checkpoint == ck and r.metric == m))
+                             for m in metrics] + [_cell(_mean(r.score for r in rows if r.checkpoint == ck))]
+                     for ck in pooled]
+            lines += ["  " + ln for ln in _grid(["checkpoint"] + [get_metric(m).display for m in metrics] + ["mean"],
+                                                table)]
+        else:
+            lines.append(f"{cat}: raw values (mean over encoders and resize modes)")
+            keys = sorted({(r.metric, r.prompt_type) for r in rows},
+                          key=lambda k: (metrics.index(k[0]), PROMPT_TYPES.index(k[1])))
+            table = [[label(m), p] + [_cell(_mean(r.value for r in rows if (r.metric, r.prompt_type) == (m, p)
+                                                  and r.checkpoint == ck)) for ck in names] for m, p in keys]
+            lines += ["  " + ln for ln in _grid(["metric", "prompts"] + names, table)]
+    return "\n".join(lines)
+
+
+def _mean(xs: Any) -> float:
+    vals = [x for x in xs if not math.isnan(x)]
+    return sum(vals) / len(vals) if vals else math.nan

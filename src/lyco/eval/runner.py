@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import StateError
+from ..errors import ConfigError, StateError
 from .backbones import Backbone, load_clip, load_dino, load_vgg, resolve_device, resolve_weights
 from .config import EvalConfig
 from .features import FeatureCache, extract, file_sha256
@@ -108,9 +108,24 @@ def native_resolution(model: str) -> int:
     return int(model_info(load_pipeline(model)).resolution)
 
 
+def check_files(cfg: EvalConfig, variants: Sequence[Variant]) -> None:
+    """Every model and adapter the checkpoints name exists: one error listing all that are missing."""
+    missing: dict[str, str] = {}
+    for v in variants:
+        if not v.model.startswith("builtin:") and not Path(v.model).exists():
+            missing.setdefault(v.model, f"{'base' if v.is_base else v.name}: model {v.model}")
+        if v.adapter is not None and not Path(v.adapter).is_file():
+            missing.setdefault(v.adapter, f"{v.name.split('@')[0]}: adapter {v.adapter}")
+    if missing:
+        lines = "\n  ".join(missing.values())
+        raise ConfigError(f"{len(missing)} file(s) named by the config do not exist (relative paths are relative to "
+                          f"{Path(cfg.root).resolve()}):\n  {lines}")
+
+
 def build_plan(cfg: EvalConfig) -> Plan:
-    leaves = build_leaves(cfg)
     variants = variants_of(cfg)
+    check_files(cfg, variants)
+    leaves = build_leaves(cfg)
     base = variants[0].model
     g = cfg.generation
     side = None if (g.width and g.height) else native_resolution(base)

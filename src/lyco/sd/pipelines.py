@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +68,28 @@ def _load_folder(p: Path, *, tokenizer: Any, tokenizer_2: Any, torch_dtype: Any,
             from .tokenizers import resolve_tokenizer
             kw[name] = resolve_tokenizer("sdxl" if xl else "sd1", which=2 if name == "tokenizer_2" else 1)
     try:
-        pipe = cls.from_pretrained(str(p), **kw)
+        with _loading_bar(log.isEnabledFor(logging.DEBUG)):
+            pipe = cls.from_pretrained(str(p), **kw)
     except (OSError, ValueError) as exc:
         raise FileFormatError(f"{p}: cannot load the diffusers pipeline offline: {exc}") from None
     if prediction_type is not None:
         pipe.scheduler.register_to_config(prediction_type=prediction_type)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextmanager
+def _loading_bar(show: bool) -> Iterator[None]:
+    """diffusers' "Loading pipeline components" bar only when asked for (``lyco --verbose``)."""
+    from diffusers.utils import logging as dlog
+    was = dlog.is_progress_bar_enabled()
+    if was and not show:
+        dlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not show:
+            dlog.enable_progress_bar()
 
 
 def _tokenizer_from(given: Any) -> Any:

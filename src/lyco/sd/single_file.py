@@ -218,8 +218,26 @@ def _resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None)
     raise ConfigError(f"unknown dtype {dtype!r}; use torch.float16, torch.bfloat16, torch.float32 or 'fp16'/'bf16'")
 
 
+def _configs_from_file(metadata: dict[str, str], family: str, source: str) -> _Configs | None:
+    """The configs (and custom tokenizers) a lyco-written file records about itself (see :mod:`.embedded`)."""
+    from .embedded import configs_from_metadata, tokenizers_from_metadata
+    rec = configs_from_metadata(metadata)
+    if rec is None or len(rec["text_encoders"]) != len(TEXT_PREFIXES[family]) or not rec["scheduler"]:
+        return None
+    sched = dict(rec["scheduler"])
+    return _Configs(origin=f"{source} (its own metadata)", unet=rec["unet"], vae=rec["vae"],
+                    text_encoders=rec["text_encoders"],
+                    scheduler_cls=_scheduler_class(sched.get("_class_name", "DDIMScheduler"), source), scheduler=sched,
+                    pipeline={"force_zeros_for_empty_prompt": rec.get("force_zeros_for_empty_prompt", True)},
+                    tokenizers=tokenizers_from_metadata(metadata))
+
+
 def _pick_configs(config: Any, family: str, explicit_pt: str | None, evidence: tuple[str, str] | None,
-                  source: str) -> tuple[_Configs, str]:
+                  source: str, metadata: dict[str, str] | None = None) -> tuple[_Configs, str]:
+    own = _configs_from_file(metadata, family, source) if config is None and metadata else None
+    if own is not None:
+        return own, resolve_prediction_type(family, explicit_pt, evidence, own.scheduler.get("prediction_type"),
+                                            source=source)
     if config is None:
         pt = resolve_prediction_type(family, explicit_pt, evidence, source=source)
         cfg = _configs_from_folder(shipped_config_dir(family, pt), family)
@@ -285,8 +303,9 @@ def load_single_file(path: str | os.PathLike, *, family: str | None = None, pred
       :func:`~lyco.sd.tokenizers.resolve_tokenizer`), a path or tokenizer object is used as is, ``False`` builds the
       pipeline without that tokenizer (``tokenizer=False`` alone: without both).
     * ``torch_dtype``: dtype of the models (default float32).
-    * ``config``: a diffusers model folder or a pipeline supplying the architecture (default: lyco's shipped real
-      SD configs); needed for non-standard sizes.
+    * ``config``: a diffusers model folder or a pipeline supplying the architecture (default: the configs a
+      lyco-written file records about itself (:mod:`lyco.sd.embedded`), else lyco's shipped real SD configs);
+      needed for non-standard sizes written by other tools.
     """
     p = Path(path)
     tensors, metadata, extras = read_checkpoint(p)
@@ -295,7 +314,7 @@ def load_single_file(path: str | os.PathLike, *, family: str | None = None, pred
     fam = info.family
     _require_components(info, fam, source)
     evidence = prediction_evidence(tensors, metadata, extras)
-    cfg, pt = _pick_configs(config, fam, prediction_type, evidence, source)
+    cfg, pt = _pick_configs(config, fam, prediction_type, evidence, source, metadata)
     dtype = _resolve_dtype(torch_dtype, torch.float32)
     parts: dict[str, Any] = _tokenizers(fam, cfg, tokenizer, tokenizer_2)  # fail fast, before building models
     log.info("loading %s as %s (%s) with configs from %s", source, fam, pt, cfg.origin)
@@ -352,7 +371,9 @@ def save_single_file(pipe: Any, path: str | os.PathLike, dtype: torch.dtype | st
 
     ``dtype`` casts floating tensors (default: as they are).  ``metadata`` (str -> str) is added to the modelspec
     architecture / prediction-type entries lyco writes.  v-prediction pipelines also get ComfyUI's ``v_pred``
-    marker key.  Refuses to replace an existing file unless ``overwrite=True``; writes atomically.
+    marker key.  The architecture configs (and a non-standard tokenizer) are recorded under ``lyco.*`` keys so the
+    file loads again without a config (:mod:`lyco.sd.embedded`).  Refuses to replace an existing file unless
+    ``overwrite=True``; writes atomically.
     """
     target = Path(path)
     if target.suffix.lower() != ".safetensors":
@@ -371,7 +392,8 @@ def save_single_file(pipe: Any, path: str | os.PathLike, dtype: torch.dtype | st
     tensors = to_ldm_state_dict(pipe, fam)
     if pt == "v_prediction":
         tensors["v_pred"] = torch.zeros(0)
+    from .embedded import pipeline_metadata
     _atomic_save(target, _prepare(tensors, _resolve_dtype(dtype, None), target),
-                 {**_default_metadata(fam, pt), **meta})
+                 {**_default_metadata(fam, pt), **pipeline_metadata(pipe), **meta})
     log.info("saved %s single file %s (%d tensors)", fam, target, len(tensors))
     return target

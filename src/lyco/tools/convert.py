@@ -24,12 +24,15 @@ from ..errors import ConfigError, FileFormatError
 from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file
 from ..network import network_from_tensors, resolve_names
+from .args import add_common, add_option
 from .compat import group
 from .lowrank import factor
+from .outputs import check_output, staged_folder
 
 log = logging.getLogger("lyco")
 
 PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR"}
+ADDED_FORMAT = "lyco.convert_added_format"  # marks a "format" key added for PEFT/diffusers loaders
 PART_DIRS = {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2",
              "lycoris": "model"}
 
@@ -164,24 +167,50 @@ def peft_to_kohya(parts: dict[str, tuple[dict[str, torch.Tensor], dict]], roots:
     return out
 
 
-def write_peft(out_dir: str | os.PathLike, parts: dict[str, tuple[dict[str, torch.Tensor], dict]]) -> Path:
+def carried_metadata(meta: dict[str, str]) -> dict[str, str]:
+    """The metadata a PEFT / diffusers file carries for the way back (``ss_*``, modelspec, ``lyco.*``, tag
+    frequencies...; PEFT ignores it), plus the ``format`` key those loaders expect."""
+    out = {k: v for k, v in meta.items() if not k.startswith("sshs_")}
+    if "format" not in out:
+        out["format"] = "pt"
+        out[ADDED_FORMAT] = "1"
+    return out
+
+
+def restored_metadata(meta: dict[str, str]) -> dict[str, str]:
+    """Inverse of :func:`carried_metadata` (the hashes are recomputed by the writer)."""
+    out = dict(meta)
+    if out.pop(ADDED_FORMAT, None) is not None:
+        out.pop("format", None)
+    return out
+
+
+def write_peft(out_dir: str | os.PathLike, parts: dict[str, tuple[dict[str, torch.Tensor], dict]],
+               metadata: dict[str, str] | None = None) -> Path:
+    """PEFT folders; ``metadata`` (the kohya file's) rides in each ``adapter_model.safetensors`` header."""
     out = Path(out_dir)
+    carried = carried_metadata(metadata or {})
     for d, (sd, cfg) in parts.items():
         target = out if len(parts) == 1 and d == "model" else out / d
         target.mkdir(parents=True, exist_ok=True)
-        write_file(target / "adapter_model.safetensors", sd, {"format": "pt"})
+        write_file(target / "adapter_model.safetensors", sd, carried)
         (target / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out
 
 
-def read_peft(in_dir: str | os.PathLike) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+def read_peft(in_dir: str | os.PathLike, metadata: dict[str, str] | None = None,
+              ) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+    """PEFT parts of a folder; the carried kohya metadata (if any) is added to ``metadata``."""
     p = Path(in_dir)
     found = {}
-    candidates = [p] + [c for c in p.iterdir() if c.is_dir()] if p.is_dir() else []
+    candidates = [p] + sorted(c for c in p.iterdir() if c.is_dir()) if p.is_dir() else []
     for c in candidates:
         if (c / "adapter_config.json").is_file():
-            sd, _ = read_file(c / "adapter_model.safetensors")
+            sd, meta = read_file(c / "adapter_model.safetensors")
             found["model" if c == p else c.name] = (sd, json.loads((c / "adapter_config.json").read_text()))
+            if metadata is not None:
+                for k, v in restored_metadata(meta).items():
+                    metadata.setdefault(k, v)
     if not found:
         raise FileFormatError(f"{p}: no PEFT adapter (adapter_config.json + adapter_model.safetensors) found")
     return found
@@ -298,31 +327,43 @@ def _roots_for(base: str | None) -> list[Root] | None:
     return sd.roots(sd.load_pipeline(base, tokenizer=False))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lyco convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", help="kohya .safetensors file, PEFT adapter folder, or diffusers-format file")
-    ap.add_argument("-o", "--output", required=True)
-    ap.add_argument("--to", required=True, choices=("kohya", "peft", "diffusers", "ui-safe"))
+    ap.add_argument("-o", "--output", required=True,
+                    help="the converted file (.safetensors), or a folder for --to peft")
+    ap.add_argument("--to", required=True, choices=("kohya", "peft", "diffusers", "ui-safe"),
+                    help="target format (see above)")
     ap.add_argument("--base", help="base model (needed to map names to module paths, and for exact ui-safe rewrites)")
-    ap.add_argument("--dora-rank", "--dora_rank", dest="dora_rank", type=int,
-                    help="ui-safe: approximate output-axis DoRA by a LoRA of this rank instead of a full diff")
-    a = ap.parse_args(argv)
-    if Path(a.output).exists():
-        raise ConfigError(f"{a.output} exists; choose another output path")
+    add_option(ap, "--dora-rank", type=int,
+               help="ui-safe: approximate output-axis DoRA by a LoRA of this rank instead of a full diff")
+    add_common(ap, unmatched=False)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    check_output(a.output, [a.input, a.base], overwrite=a.overwrite, folder=a.to == "peft",
+                 suggest=Path(a.input).with_suffix(".safetensors").name)
+    if a.dora_rank is not None and a.dora_rank < 1:
+        raise ConfigError(f"--dora-rank {a.dora_rank}: must be at least 1")
     roots = _roots_for(a.base)
     if a.to in ("peft", "diffusers", "kohya") and roots is None:
         raise ConfigError(f"--to {a.to} needs --base (module names map to module paths through the model)")
     if a.to == "kohya":
-        src = read_peft(a.input) if Path(a.input).is_dir() else _diffusers_parts(a.input)
+        meta: dict[str, str] = {}
+        src = read_peft(a.input, meta) if Path(a.input).is_dir() else _diffusers_parts(a.input, meta)
         out = peft_to_kohya(src, roots)
-        _write_kohya(a.output, out, {})
+        _write_kohya(a.output, out, meta, keep_config=True)
     else:
         tensors, meta = read_file(a.input)
         if a.to == "peft":
-            write_peft(a.output, kohya_to_peft(tensors, roots))
+            converted = kohya_to_peft(tensors, roots)
+            with staged_folder(a.output) as tmp:
+                write_peft(tmp, converted, meta)
         elif a.to == "diffusers":
-            write_file(a.output, kohya_to_diffusers(tensors, roots), {"format": "pt"})
+            write_file(a.output, kohya_to_diffusers(tensors, roots), carried_metadata(meta))
         else:
             out, notes = ui_safe(tensors, roots, a.dora_rank)
             for n in notes:
@@ -332,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _diffusers_parts(path: str) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
-    tensors, _ = read_file(path)
+def _diffusers_parts(path: str, metadata: dict[str, str] | None = None,
+                     ) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+    tensors, meta = read_file(path)
+    if metadata is not None:
+        metadata.update(restored_metadata(meta))
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         d, _, rest = k.partition(".")
@@ -343,8 +387,10 @@ def _diffusers_parts(path: str) -> dict[str, tuple[dict[str, torch.Tensor], dict
         for d, sd in parts.items()}
 
 
-def _write_kohya(path: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    meta = {k: v for k, v in meta.items() if not k.startswith("sshs_") and k != "lyco_config"}
+def _write_kohya(path: str, tensors: dict[str, torch.Tensor], meta: dict[str, str], keep_config: bool = False) -> None:
+    """Write kohya tensors with the given metadata (hashes recomputed; ``lyco_config`` only when the modules are
+    the ones it describes, i.e. not after ui-safe rewrites)."""
+    meta = {k: v for k, v in meta.items() if not k.startswith("sshs_") and (keep_config or k != "lyco_config")}
     cast = {k: (v.float() if k.endswith(".alpha") else v).contiguous() for k, v in tensors.items()}
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(cast, meta)
     write_file(path, cast, meta)

@@ -11,6 +11,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +24,9 @@ from ..config import AdapterConfig
 from ..errors import ConfigError, TargetError
 from ..inject import Root, layer_of, select_targets
 from ..network import network_from_tensors
+from .args import add_common, add_option
 from .lowrank import MODES, factor
+from .outputs import check_output
 
 log = logging.getLogger("lyco")
 
@@ -133,11 +137,15 @@ def extract_tensors(base_roots: list[Root], tuned_roots: list[Root], opts: Extra
 
 
 def extract(base: Any, tuned: Any, out: str | None = None, *, dtype: torch.dtype | None = torch.float16,
-            progress: bool = True, **options: Any) -> tuple[Any, ExtractReport]:
+            progress: bool = True, overwrite: bool = False, **options: Any) -> tuple[Any, ExtractReport]:
     """Extract LoCon from ``tuned`` relative to ``base`` (two SD pipelines or model paths, or two nn.Modules).
 
-    Returns (Network attached to ``base``, report); writes ``out`` when given.  Options: see ExtractOptions.
+    Returns (Network attached to ``base``, report); writes ``out`` when given (an existing ``out`` only with
+    ``overwrite=True``, never one of the inputs).  Options: see ExtractOptions.
     """
+    if out is not None:
+        check_output(out, [m for m in (base, tuned) if isinstance(m, (str, os.PathLike))], overwrite=overwrite,
+                     suggest="extracted.safetensors")
     bad = set(options) - set(ExtractOptions.__dataclass_fields__)
     if bad:
         from ..errors import did_you_mean
@@ -171,32 +179,50 @@ def _roots(base: Any, tuned: Any, opts: ExtractOptions) -> tuple[list[Root], lis
     return (sd.roots(base, text_encoder=opts.text_encoder), sd.roots(tuned, text_encoder=opts.text_encoder), meta)
 
 
-def main(argv: list[str] | None = None) -> int:
+OPTION_HELP = {
+    "mode": "how each layer's rank is chosen from its singular values (default fixed)",
+    "dim": "fixed: the rank of {side} layers (default {default})",
+    "threshold": "threshold: keep the singular values of {side} layers above this",
+    "ratio": "ratio: keep the singular values of {side} layers above this fraction of the largest",
+    "quantile": "quantile: keep the smallest rank of {side} layers whose singular values reach this fraction of "
+                "their sum",
+}
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lyco extract", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("base")
-    ap.add_argument("tuned")
-    ap.add_argument("-o", "--output", required=True)
-
-    def opt(name: str, **kw: Any) -> None:
-        ap.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **kw)
-
-    opt("mode", choices=MODES, default="fixed")
+    ap.add_argument("base", help="base model: diffusers folder, single file, or builtin:tiny")
+    ap.add_argument("tuned", help="the fine-tuned model (same architecture as the base)")
+    ap.add_argument("-o", "--output", required=True, help="the extracted adapter file (.safetensors)")
+    ap.add_argument("--mode", choices=MODES, default="fixed", help=OPTION_HELP["mode"])
     for side, dim in (("linear", 64), ("conv", 32)):
-        opt(f"{side}_dim", type=int, default=dim)
-        opt(f"{side}_threshold", type=float, default=0.0)
-        opt(f"{side}_ratio", type=float, default=1.0)
-        opt(f"{side}_quantile", type=float, default=1.0)
-    opt("use_tucker", action="store_true")
-    opt("svd", choices=("auto", "full", "randomized"), default="auto")
-    opt("preset", default=None)
-    opt("no_text_encoder", action="store_true")
-    opt("dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
-    a = ap.parse_args(argv)
+        words = "linear (and 1x1 conv)" if side == "linear" else "k×k conv"
+        add_option(ap, f"--{side}-dim", type=int, default=dim,
+                   help=OPTION_HELP["dim"].format(side=words, default=dim))
+        add_option(ap, f"--{side}-threshold", type=float, default=0.0,
+                   help=OPTION_HELP["threshold"].format(side=words))
+        add_option(ap, f"--{side}-ratio", type=float, default=1.0, help=OPTION_HELP["ratio"].format(side=words))
+        add_option(ap, f"--{side}-quantile", type=float, default=1.0,
+                   help=OPTION_HELP["quantile"].format(side=words))
+    add_option(ap, "--use-tucker", action="store_true", help="Tucker-decompose k×k convs (lora_mid)")
+    ap.add_argument("--svd", choices=("auto", "full", "randomized"), default="auto",
+                    help="SVD algorithm (auto: randomised for small fixed ranks of large layers)")
+    ap.add_argument("--preset", default=None, help="which layers to extract (a preset name; default full)")
+    add_option(ap, "--no-text-encoder", action="store_true", help="extract the UNet only")
+    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+                    help="dtype of the written factors (default fp16)")
+    add_common(ap, unmatched=False)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[a.dtype]
     kw = {k: getattr(a, k) for k in ExtractOptions.__dataclass_fields__ if hasattr(a, k)}
     kw["text_encoder"] = not a.no_text_encoder
-    net, report = extract(a.base, a.tuned, a.output, dtype=dtype, **kw)
+    net, report = extract(a.base, a.tuned, a.output, dtype=dtype, overwrite=a.overwrite,
+                          progress=sys.stderr.isatty(), **kw)
     print(report.summary())
     worst = sorted(report.layers, key=lambda l: -l.rel_error)[:5]
     for l in worst:

@@ -130,7 +130,7 @@ def summarize(path: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lyco inspect", description=__doc__)
-    ap.add_argument("file")
+    ap.add_argument("file", help="adapter file (.safetensors, or .pt/.ckpt read with weights_only)")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args(argv)
     info = summarize(args.file)

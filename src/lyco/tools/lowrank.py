@@ -44,6 +44,8 @@ def select_rank(S: torch.Tensor, mode: str, param: float, max_rank: int) -> int:
     if mode not in MODES:
         raise ConfigError(f"unknown rank mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "fixed":
+        if param < 1:
+            raise ConfigError(f"rank {param:g}: a fixed rank must be at least 1 (rank 0 would change nothing)")
         r = int(param)
     elif mode == "threshold":
         if param < 0:

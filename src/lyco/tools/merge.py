@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..network import Network, network_from_tensors
 from .lowrank import factor
+from .args import add_common, add_option
+from .outputs import check_output, staged_folder
 
 log = logging.getLogger("lyco")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}
@@ -40,22 +42,30 @@ def parse_adapter_arg(s: str) -> tuple[str, float]:
     return s, 1.0
 
 
-def _check_output(out: str | os.PathLike, inputs: list[str]) -> None:
-    o = Path(out).resolve()
-    for i in inputs:
-        if Path(i).resolve() == o:
-            raise ConfigError(f"the output {out} is one of the inputs; lyco never overwrites an input")
-    if o.exists():
-        raise ConfigError(f"{out} exists; choose another output path (lyco never overwrites files)")
+def _inputs(base: str, adapters: list[tuple[str, float]]) -> list[str]:
+    return [base] + [p for p, _ in adapters]
+
+
+def _load_base(base: str, *, single_out: bool) -> Any:
+    """The base pipeline; its tokenizers too when they are at hand (a single-file output carries small custom ones,
+    so the merged checkpoint of ``builtin:tiny`` loads again), else without them (merging never needs them)."""
+    from .. import sd
+    from ..errors import MissingTokenizerError
+    if not single_out:
+        return sd.load_pipeline(base)
+    try:
+        return sd.load_pipeline(base)
+    except MissingTokenizerError:
+        return sd.load_pipeline(base, tokenizer=False)
 
 
 def merge_into_pipeline(pipe: Any, adapters: list[tuple[str, float]], *, unet_weight: float = 1.0,
-                        te_weight: float = 1.0) -> list[Network]:
+                        te_weight: float = 1.0, strict: bool = True) -> list[Network]:
     """Bake adapters into ``pipe`` in order (each at weight·unet_weight / weight·te_weight)."""
     from .. import sd
     nets = []
-    for path, w in tqdm(adapters, desc="merge", disable=len(adapters) < 2):
-        net = sd.load(pipe, path, multiplier=w)
+    for path, w in tqdm(adapters, desc="merge", disable=len(adapters) < 2 or not sys.stderr.isatty()):
+        net = sd.load(pipe, path, multiplier=w, strict=strict)
         net.set_multiplier(w * unet_weight, prefix="lora_unet")
         net.set_multiplier(w * te_weight, prefix="lora_te")
         net.bake()
@@ -64,20 +74,27 @@ def merge_into_pipeline(pipe: Any, adapters: list[tuple[str, float]], *, unet_we
 
 
 def merge_into_checkpoint(base: str, adapters: list[tuple[str, float]], out: str, *, unet_weight: float = 1.0,
-                          te_weight: float = 1.0, dtype: str | None = None) -> str:
-    from .. import sd
-    _check_output(out, [base] + [p for p, _ in adapters])
+                          te_weight: float = 1.0, dtype: str | None = None, overwrite: bool = False,
+                          strict: bool = True) -> str:
+    """Bake ``adapters`` into ``base`` and write a single file (``.safetensors``) or a diffusers folder.
+
+    Refuses an existing ``out`` unless ``overwrite`` and any ``out`` that is an input; a failed run writes nothing.
+    """
     single = Path(out).suffix.lower() == ".safetensors"
-    pipe = sd.load_pipeline(base, tokenizer=False if single else None)
-    merge_into_pipeline(pipe, adapters, unet_weight=unet_weight, te_weight=te_weight)
+    check_output(out, _inputs(base, adapters), overwrite=overwrite, folder=not single,
+                 suggest="merged.safetensors")
+    pipe = _load_base(base, single_out=single)
+    merge_into_pipeline(pipe, adapters, unet_weight=unet_weight, te_weight=te_weight, strict=strict)
     torch_dtype = DTYPES[dtype]
     if single:
         from ..sd.single_file import save_single_file
-        save_single_file(pipe, out, dtype=torch_dtype)
+        save_single_file(pipe, out, dtype=torch_dtype, overwrite=overwrite,
+                         metadata={"lyco.merged_from": json.dumps([[base, 1.0]] + [[p, w] for p, w in adapters])})
     else:
         if torch_dtype is not None:
             pipe.to(torch_dtype)
-        pipe.save_pretrained(out, safe_serialization=True)
+        with staged_folder(out) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
     return out
 
 
@@ -139,11 +156,14 @@ def merge_adapter_networks(nets: list[tuple[Network, float]], roots, rank: int |
 
 
 def merge_adapters(base: str, adapters: list[tuple[str, float]], out: str, *, rank: int | None = None,
-                   dtype: str | None = "fp16") -> AdapterMergeReport:
+                   dtype: str | None = "fp16", overwrite: bool = False, strict: bool = True) -> AdapterMergeReport:
+    """Merge several adapter files into one adapter file (see the module docstring)."""
     from .. import sd
-    _check_output(out, [base] + [p for p, _ in adapters])
+    check_output(out, _inputs(base, adapters), overwrite=overwrite, suggest="merged.safetensors")
+    if rank is not None and rank < 1:
+        raise ConfigError(f"--rank must be at least 1 (got {rank})")
     pipe = sd.load_pipeline(base, tokenizer=False)
-    nets = [(sd.load(pipe, p, multiplier=1.0), w) for p, w in adapters]
+    nets = [(sd.load(pipe, p, multiplier=1.0, strict=strict), w) for p, w in adapters]
     roots = sd.roots(pipe)
     tensors, rep = merge_adapter_networks(nets, roots, rank)
     for net, _ in reversed(nets):
@@ -156,24 +176,41 @@ def merge_adapters(base: str, adapters: list[tuple[str, float]], out: str, *, ra
     return rep
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lyco merge", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base", help="base model: diffusers folder, single file, or builtin:tiny")
     ap.add_argument("adapters", nargs="+", help="adapter files, each optionally path:weight")
-    ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("-o", "--output", required=True,
+                    help="output: a .safetensors single-file checkpoint or a diffusers folder (any other path); "
+                         "with --adapter an adapter .safetensors file")
     ap.add_argument("--adapter", action="store_true", help="merge the adapters into one adapter file instead")
     ap.add_argument("--rank", type=int, help="with --adapter: factorise non-concatenable layers to this rank")
-    ap.add_argument("--unet-weight", "--unet_weight", dest="unet_weight", type=float, default=1.0)
-    ap.add_argument("--te-weight", "--te_weight", dest="te_weight", type=float, default=1.0)
-    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
-    a = ap.parse_args(argv)
+    add_option(ap, "--unet-weight", type=float, default=1.0, help="strength of every adapter's UNet part (times "
+               "its own weight; default 1)")
+    add_option(ap, "--te-weight", type=float, default=1.0, help="strength of every adapter's text-encoder part "
+               "(times its own weight; default 1)")
+    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                    help="dtype of the output (default: checkpoints keep the base's, adapters fp16)")
+    add_common(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     adapters = [parse_adapter_arg(s) for s in a.adapters]
+    strict = not a.ignore_unmatched
     if a.adapter:
-        rep = merge_adapters(a.base, adapters, a.output, rank=a.rank, dtype=a.dtype or "fp16")
+        if (a.unet_weight, a.te_weight) != (1.0, 1.0):
+            raise ConfigError("--unet-weight / --te-weight apply to checkpoint merges; with --adapter give each "
+                              "adapter its weight (path:weight)")
+        rep = merge_adapters(a.base, adapters, a.output, rank=a.rank, dtype=a.dtype or "fp16", overwrite=a.overwrite,
+                             strict=strict)
         print(rep.summary())
     else:
+        if a.rank is not None:
+            raise ConfigError("--rank applies to --adapter merges only (a merged checkpoint has no rank)")
         merge_into_checkpoint(a.base, adapters, a.output, unet_weight=a.unet_weight, te_weight=a.te_weight,
-                              dtype=a.dtype)
+                              dtype=a.dtype, overwrite=a.overwrite, strict=strict)
     print(f"wrote {a.output}")
     return 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +20,9 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, FileFormatError
 from ..io.files import group_by_module, read_file, write_file
 from ..network import Network
+from .args import add_common
 from .lowrank import factor, lowrank_svd, select_rank
+from .outputs import check_output
 
 log = logging.getLogger("lyco")
 
@@ -102,32 +106,48 @@ def _mode(args: Any) -> tuple[str, float]:
     if len(chosen) != 1:
         raise ConfigError("give exactly one of --rank, --threshold, --ratio, --quantile")
     m, v = chosen[0]
+    if m == "rank" and v < 1:
+        raise ConfigError(f"--rank {v}: the new rank must be at least 1 (a rank-0 adapter changes nothing)")
+    if m == "threshold" and v < 0:
+        raise ConfigError(f"--threshold {v}: must be >= 0 (singular values below it are dropped)")
+    if m == "ratio" and not 0 <= v <= 1:
+        raise ConfigError(f"--ratio {v}: must be in [0, 1]")
+    if m == "quantile" and not 0 < v <= 1:
+        raise ConfigError(f"--quantile {v}: must be in (0, 1]")
     return ("fixed" if m == "rank" else m), float(v)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lyco resize", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("input")
-    ap.add_argument("-o", "--output", required=True)
-    ap.add_argument("--rank", type=int)
-    ap.add_argument("--threshold", type=float)
-    ap.add_argument("--ratio", type=float)
-    ap.add_argument("--quantile", type=float)
+    ap.add_argument("input", help="LoRA/LoCon adapter file (.safetensors); other algorithms need --base")
+    ap.add_argument("-o", "--output", required=True, help="the resized adapter file (.safetensors)")
+    ap.add_argument("--rank", type=int, help="the same new rank R >= 1 for every module")
+    ap.add_argument("--threshold", type=float, help="keep the singular values above T (per module)")
+    ap.add_argument("--ratio", type=float, help="keep the singular values above Q·σ_max, Q in [0, 1]")
+    ap.add_argument("--quantile", type=float, help="keep the smallest rank whose singular values reach Q of their "
+                    "sum, Q in (0, 1]")
     ap.add_argument("--base", help="base model (needed for DoRA and non-LoRA algorithms)")
-    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
-    a = ap.parse_args(argv)
+    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+                    help="dtype of the written factors (default fp16; alpha is always fp32)")
+    add_common(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     mode, param = _mode(a)
+    check_output(a.output, [a.input, a.base], overwrite=a.overwrite, suggest=Path(a.input).name)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     tensors, meta = read_file(a.input)
     if a.base:
         from .. import sd
         pipe = sd.load_pipeline(a.base, tokenizer=False)
-        net = sd.load(pipe, a.input)
-        out, rep = resize_network(net, mode, param, progress=True)
+        net = sd.load(pipe, a.input, strict=not a.ignore_unmatched)
+        out, rep = resize_network(net, mode, param, progress=sys.stderr.isatty())
         net.detach()
     else:
-        out, rep = resize_lora_tensors(tensors, mode, param, progress=True)
+        out, rep = resize_lora_tensors(tensors, mode, param, progress=sys.stderr.isatty())
     meta = dict(meta)
     meta.pop("sshs_model_hash", None)
     meta.pop("sshs_legacy_hash", None)
