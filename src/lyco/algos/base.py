@@ -274,6 +274,13 @@ class AdapterModule(nn.Module):
         return FileSummary(tags=("dora",) if "dora_scale" in parts else ())
 
     @classmethod
+    def portable_parts(cls, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """An exact rewrite of one module's tensors into a more widely loaded form, from the file alone (None: this
+        algorithm has none); ``lyco convert --to ui-safe --for CLIENT`` uses it before falling back to the base
+        model."""
+        return None
+
+    @classmethod
     def file_geometry(cls, parts: dict[str, torch.Tensor]) -> Geometry | None:
         """A layer geometry consistent with a module's tensors, enough to rebuild ΔW from the file alone
         (None: ΔW needs the base layer's weight).  The kernel of a flattened conv factor may be folded into the

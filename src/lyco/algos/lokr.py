@@ -231,6 +231,23 @@ class LoKrModule(AdapterModule):
         return FileSummary(r, tags, f"W1 {a}x{c} {w1} ⊗ W2 {b}x{dk} {w2}")
 
     @classmethod
+    def portable_parts(cls, parts):
+        """Tucker ``lokr_t2`` rebuilt as a full ``lokr_w2`` (exact; ComfyUI, Forge and lycoris-lora lack lokr_t2)."""
+        geom = cls.file_geometry(parts) if "lokr_t2" in parts else None
+        if geom is None:
+            return None
+        f = {k: v.float() for k, v in parts.items()}
+        b, d = f["lokr_w2_a"].shape[1], f["lokr_w2_b"].shape[1]
+        out = {k: v for k, v in parts.items() if k not in ("lokr_t2", "lokr_w2_a", "lokr_w2_b")}
+        out["lokr_w2"] = F_lokr.make_w2(geom, b, d, None, f["lokr_w2_a"], f["lokr_w2_b"], f["lokr_t2"])
+        if "lokr_w1" in parts:  # both factors full now: loaders use scale 1, so fold alpha/r into W1
+            r = f["lokr_t2"].shape[0]
+            alpha = float(f["alpha"]) if "alpha" in f and float(f["alpha"]) else r
+            out["lokr_w1"] = f["lokr_w1"] * (alpha / r)
+            out["alpha"] = torch.tensor(float(r))
+        return out
+
+    @classmethod
     def file_geometry(cls, parts):
         f = cls._file_factors(parts)
         if f is None:

@@ -24,7 +24,7 @@ from ..errors import ConfigError, FileFormatError
 from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file
 from ..network import network_from_tensors, resolve_names
-from .compat import group
+from .compat import group, rewrite_for
 from .lowrank import factor
 
 log = logging.getLogger("lyco")
@@ -307,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", help="base model (needed to map names to module paths, and for exact ui-safe rewrites)")
     ap.add_argument("--dora-rank", "--dora_rank", dest="dora_rank", type=int,
                     help="ui-safe: approximate output-axis DoRA by a LoRA of this rank instead of a full diff")
+    ap.add_argument("--for", dest="client", help="ui-safe: rewrite for one client instead of every UI (e.g. "
+                    "lycoris-lora, ComfyUI, InvokeAI; see docs/compatibility.md)")
     a = ap.parse_args(argv)
+    if a.client and a.to != "ui-safe":
+        raise ConfigError("--for goes with --to ui-safe")
     if Path(a.output).exists():
         raise ConfigError(f"{a.output} exists; choose another output path")
     roots = _roots_for(a.base)
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         elif a.to == "diffusers":
             write_file(a.output, kohya_to_diffusers(tensors, roots), {"format": "pt"})
         else:
-            out, notes = ui_safe(tensors, roots, a.dora_rank)
+            out, notes = (rewrite_for(tensors, a.client, roots, a.dora_rank) if a.client
+                          else ui_safe(tensors, roots, a.dora_rank))
             for n in notes:
                 print(n)
             _write_kohya(a.output, out, meta)
