@@ -417,7 +417,7 @@ def _module_from_file(cls: type[AdapterModule], name: str, parts: dict[str, torc
         raise FileFormatError(f"{source}: {exc}") from None
     except LycoError as exc:
         raise FileFormatError(f"{source}: module '{name}' ({path}): {exc}") from None
-    except (KeyError, IndexError, ValueError, RuntimeError, TypeError) as exc:  # shapes no check anticipated
+    except (KeyError, IndexError, ValueError, RuntimeError, TypeError, ArithmeticError) as exc:  # unanticipated shapes
         shapes = ", ".join(f"{p} {tuple(t.shape)}" for p, t in sorted(parts.items()))
         raise FileFormatError(f"{source}: module '{name}': malformed {cls.algo} tensors for the model's layer "
                               f"'{path}' ({shapes}): {type(exc).__name__}: {exc}") from None

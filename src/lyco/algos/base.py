@@ -312,6 +312,9 @@ class AdapterModule(nn.Module):
                 if t.is_floating_point() or t.is_complex() or t.numel() != 1:
                     raise FileFormatError(f"key '{key}' must be one integer (got {_kind(t)})")
                 continue
+            if t.numel() == 0:
+                raise FileFormatError(f"key '{key}' is empty (shape {tuple(t.shape)}); the file is corrupt or was "
+                                      "written with rank 0")
             if not t.is_floating_point():
                 raise FileFormatError(f"key '{key}' has dtype {str(t.dtype).replace('torch.', '')}; adapter tensors "
                                       "are floating point (the file is corrupt or not an adapter)")

@@ -69,7 +69,8 @@ def classes() -> Mapping[str, type["AdapterModule"]]:
 
 
 def _place(cls: type["AdapterModule"]) -> int:
-    return ALGORITHM_MODULES.index(cls.__module__.rsplit(".", 1)[-1])
+    module = cls.__module__.rsplit(".", 1)[-1]
+    return ALGORITHM_MODULES.index(module) if module in ALGORITHM_MODULES else len(ALGORITHM_MODULES)
 
 
 def detection_order() -> list[type["AdapterModule"]]:

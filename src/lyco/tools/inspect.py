@@ -60,7 +60,7 @@ def delta_norm(parts: dict[str, torch.Tensor]) -> float | None:
         return None
     try:
         d = cls.delta_from_file(parts)
-    except (LycoError, KeyError, IndexError, ValueError, RuntimeError, TypeError):
+    except (LycoError, KeyError, IndexError, ValueError, RuntimeError, TypeError, ArithmeticError):
         return None
     return None if d is None else float(d.norm())
 
@@ -96,7 +96,7 @@ def modules_summary(groups: dict[str, dict[str, torch.Tensor]], block=block_of) 
     ranks: Counter = Counter()
     layouts: Counter = Counter()
     blocks: dict[str, list] = {}
-    unknown = []
+    unknown, problems = [], []
     for name in sorted(groups):
         parts = groups[name]
         cls = registry.detect(parts)
@@ -104,8 +104,12 @@ def modules_summary(groups: dict[str, dict[str, torch.Tensor]], block=block_of) 
             unknown.append(name)
             continue
         try:
+            cls.check_file_tensors(name, {p: t for p, t in parts.items() if p in cls.file_parts})
             s = cls.file_summary(parts)
-        except (KeyError, IndexError, ValueError, RuntimeError, TypeError):
+        except FileFormatError as exc:
+            problems.append(str(exc))
+            s = None
+        except (KeyError, IndexError, ValueError, RuntimeError, TypeError, ArithmeticError):
             s = None
         algos[cls.algo + "".join(f"+{t}" for t in (s.tags if s else ("malformed",)))] += 1
         if s and s.rank is not None:
@@ -114,7 +118,7 @@ def modules_summary(groups: dict[str, dict[str, torch.Tensor]], block=block_of) 
             layouts[f"{cls.algo}: {s.layout}"] += 1
         b = blocks.setdefault(block(name), [0, 0.0, 0])
         b[0] += 1
-        n = delta_norm(parts)
+        n = delta_norm(parts) if s is not None else None
         if n is None:
             b[2] += 1
         else:
@@ -127,6 +131,7 @@ def modules_summary(groups: dict[str, dict[str, torch.Tensor]], block=block_of) 
         "blocks": {k: {"modules": v[0], "delta_norm": math.sqrt(v[1]), "modules_without_norm": v[2]}
                    for k, v in sorted(blocks.items(), key=lambda kv: _natural(kv[0]))},
         "unknown_modules": unknown,
+        "problems": problems,
     }
 
 
@@ -230,6 +235,8 @@ def _print(info: dict[str, Any]) -> None:
     for k, v in info["blocks"].items():
         extra = f" (+{v['modules_without_norm']} need the base model)" if v["modules_without_norm"] else ""
         print(f"  {k:<48} {v['modules']:>4}  {v['delta_norm']:.4g}{extra}")
+    for problem in info["problems"][:10]:
+        print(f"problem: {problem}")
     if info["unknown_modules"]:
         print(f"unrecognised modules ({len(info['unknown_modules'])}): {', '.join(info['unknown_modules'][:10])}")
     if info["top_tags"]:
