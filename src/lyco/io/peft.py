@@ -24,7 +24,7 @@ from .files import read_file
 PEFT_PREFIX = "base_model.model."
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-DIFFUSERS_PARTS = ("unet", "text_encoder", "text_encoder_2", "transformer")
+DIFFUSERS_PARTS = ("unet", "text_encoder", "text_encoder_2", "transformer", "model")
 #: PEFT / diffusers parameter name -> kohya/LyCORIS part name
 PARTS = {
     "lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora.down.weight": "lora_down.weight",
