@@ -45,10 +45,6 @@ class Case:
     names: str = ""
 
 
-def _first(t: dict, part: str) -> str:
-    return f"{LIN}.{part}"
-
-
 def _set(key: str, fn) -> Callable:
     def mutate(t):
         t = dict(t)
@@ -63,6 +59,10 @@ def _drop(key: str) -> Callable:
 
 def _add(key: str, value: torch.Tensor) -> Callable:
     return lambda t: {**t, key: value}
+
+
+def _hlen(raw: bytes) -> int:
+    return struct.unpack("<Q", raw[:8])[0]
 
 
 def _header(fn) -> Callable:
@@ -100,7 +100,7 @@ def byte_cases() -> list[Case]:
         Case("trailing-garbage", lambda b: b + b"\x00garbage", True),
         Case("header-len-huge", lambda b: struct.pack("<Q", 2 ** 40) + b[8:], True),
         Case("header-len-zero", lambda b: struct.pack("<Q", 0) + b[8:], True),
-        Case("header-not-json", lambda b: b[:8] + b"\xff" * (struct.unpack("<Q", b[:8])[0]) + b[8 + struct.unpack("<Q", b[:8])[0]:], True),
+        Case("header-not-json", lambda b: b[:8] + b"\xff" * _hlen(b) + b[8 + _hlen(b):], True),
         Case("header-array", _header(lambda h: [1, 2]), True),
         Case("header-no-offsets", _header(lambda h: {k: ({kk: vv for kk, vv in v.items() if kk != "data_offsets"}
                                                          if k != "__metadata__" else v) for k, v in h.items()}), True),

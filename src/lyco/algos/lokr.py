@@ -33,9 +33,11 @@ class LoKrModule(AdapterModule):
                                "and cannot load unbalanced factors", PEFT="PEFT builds W1 from its own factorisation "
                                "rule"),
         "lokr-factor": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "the output axis is split with an explicit factor",
-                           PEFT="`lyco convert --to peft` writes decompose_factor=-1, so PEFT builds other factor sizes"),
+                           PEFT="`lyco convert --to peft` writes decompose_factor=-1, so PEFT builds other factor "
+                                "sizes"),
         "lokr-decomposed-w1": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "W1 is low-rank (decompose_both)",
-                                  PEFT="`lyco convert --to peft` writes decompose_both=false, so PEFT builds a full W1"),
+                                  PEFT="`lyco convert --to peft` writes decompose_both=false, so PEFT builds a full "
+                                       "W1"),
     }
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,

@@ -28,7 +28,8 @@ DIFFUSERS_PARTS = ("unet", "text_encoder", "text_encoder_2", "transformer", "mod
 #: PEFT / diffusers parameter name -> kohya/LyCORIS part name
 PARTS = {
     "lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora.down.weight": "lora_down.weight",
-    "lora.up.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale", "lora_magnitude_vector.weight": "dora_scale",
+    "lora.up.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale",
+    "lora_magnitude_vector.weight": "dora_scale",
     **{k: k for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w1_a",
                       "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha")},
 }

@@ -173,9 +173,11 @@ def _kind_of_keys(keys: list[str]) -> str:
 def summarize(path: str) -> dict[str, Any]:
     p = Path(path)
     if peft_io.is_peft_folder(p):
-        return _foreign_summary(path, peft_io.read_peft(p), {}, sum(f.stat().st_size for f in p.rglob("*") if f.is_file()))
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        return _foreign_summary(path, peft_io.read_peft(p), {}, size)
     if not p.is_file():
-        raise FileFormatError(f"{p}: no such file" + (" (a folder, but not a PEFT adapter folder)" if p.is_dir() else ""))
+        folder = " (a folder, but not a PEFT adapter folder)" if p.is_dir() else ""
+        raise FileFormatError(f"{p}: no such file{folder}")
     size = p.stat().st_size
     what = sniff(p) if p.suffix.lower() not in (".pt", ".pth", ".ckpt", ".bin") else None
     if what:
