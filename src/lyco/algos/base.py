@@ -16,6 +16,7 @@ Everything the rest of lyco needs to know about an algorithm is asked of its cla
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -308,8 +309,9 @@ class AdapterModule(nn.Module):
         for part in sorted(parts):
             t = parts[part]
             key = f"{name}.{part}"
-            if part in cls.integer_parts:
-                if t.is_floating_point() or t.is_complex() or t.numel() != 1:
+            if part in cls.integer_parts:  # int64 in lyco's files; the reference writes them in the save dtype
+                v = t.double().item() if t.numel() == 1 and not t.is_complex() else float("nan")
+                if not (math.isfinite(v) and v == int(v)):
                     raise FileFormatError(f"key '{key}' must be one integer (got {_kind(t)})")
                 continue
             if t.numel() == 0:
