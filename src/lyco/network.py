@@ -335,13 +335,7 @@ def network_from_tensors(
         groups.setdefault(name, {})[part] = t
     if "" in groups:
         raise FileFormatError(f"{source}: keys without a module name: {short_list(sorted(groups['']))}")
-    hints: dict[str, Any] = {}
-    module_hints: dict[str, dict] = {}
-    if metadata and "lyco_config" in metadata:
-        try:
-            module_hints = json.loads(metadata["lyco_config"]).get("modules", {}) or {}
-        except (json.JSONDecodeError, AttributeError):
-            module_hints = {}
+    module_hints = _module_hints(metadata)
     table = resolve_names(roots)
     unmatched, unknown_parts, ignored = [], [], []
     made: list[tuple[Target, AdapterModule]] = []
@@ -362,7 +356,7 @@ def network_from_tensors(
             ignored.append(name)
         if extra:
             unknown_parts.append(f"{name}.{{{', '.join(sorted(extra))}}} (with {cls.algo} keys)")
-        h = dict(hints)
+        h: dict[str, Any] = {}
         axis = module_hints.get(name, {}).get("dora_axis")
         if axis:
             h["dora_axis"] = axis
@@ -400,6 +394,14 @@ def network_from_tensors(
         _install(net, t, adapter, multiplier)
     net.attached = True
     return net
+
+
+def _module_hints(metadata: dict[str, str] | None) -> dict[str, dict]:
+    """Per-module records of lyco's ``lyco_config`` metadata (informational; only DoRA-axis ties use them)."""
+    try:
+        return json.loads((metadata or {}).get("lyco_config", "{}")).get("modules", {}) or {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
 
 
 def _module_from_file(cls: type[AdapterModule], name: str, parts: dict[str, torch.Tensor], path: str,

@@ -69,3 +69,33 @@ def row(symbols: str, reason: str = "", **notes: str) -> Support:
 
 def symbol(level: str) -> str:
     return {v: k for k, v in SYMBOLS.items()}[level]
+
+
+#: support of DoRA's ``dora_scale`` (a modifier of lora/loha/lokr modules), by axis and host algorithm
+DORA_SUPPORT: Mapping[str, Support] = {
+    "dora-in": row("✔ ✔ ✔ ✔ ≈ ✘ ! !", "diffusers drops dora_scale (magnitude lost)",
+                   lycoris_lora="lycoris-lora 4.1.3 builds DoRA on the output axis and fails to load input-axis "
+                                "dora_scale (convert with `lyco convert --to ui-safe --for lycoris-lora`)",
+                   PEFT="PEFT's DoRA magnitude is per output channel; input-axis DoRA has no PEFT equivalent"),
+    "dora-in-not-lora": row("✔ ✔ ✔ ! ≈ ✘ ! !", "InvokeAI applies DoRA to LoRA only and raises on LoHa/LoKr + DoRA",
+                            lycoris_lora="lycoris-lora 4.1.3 fails to load input-axis dora_scale",
+                            PEFT="PEFT has DoRA for LoRA only"),
+    "dora-out": row("≈ ≈ ≈ ≈ ≈ ✘ ✔ ✔", "UIs apply output-axis dora_scale with the input-axis convention "
+                    "(ComfyUI ≈26%, A1111 ≈36%, InvokeAI ≈82% error); diffusers drops it"),
+    "dora-out-not-lora": row("≈ ≈ ≈ ! ≈ ✘ ✔ !", "UIs apply output-axis dora_scale with the input-axis convention; "
+                             "InvokeAI raises on LoHa/LoKr + DoRA", PEFT="PEFT has DoRA for LoRA only"),
+    "dora-1d": row("! ! ! ! ≈ ✘ ! !", "1-D dora_scale hits a broadcast bug in the UIs",
+                   lycoris_lora="lycoris-lora 4.1.3 cannot copy a 1-D dora_scale into its (O, 1) parameter",
+                   PEFT="`lyco convert --to peft` exports LoRA DoRA only, and lyco never writes 1-D dora_scale"),
+}
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """What ``lyco inspect`` shows about one module of a file."""
+
+    rank: int | None = None
+    #: variant tags appended to the algorithm name (``tucker``, ``dora`` ...)
+    tags: tuple[str, ...] = ()
+    #: a short description of the factor layout (LoKr: the Kronecker factor shapes), or None
+    layout: str | None = None

@@ -13,9 +13,8 @@ from typing import Mapping
 import torch
 
 from ..algos import registry
-from ..algos.base import DORA_SUPPORT
-from ..algos.support import (APPROX, CLIENT_NOTES, CLIENTS, ERROR, EXACT, IGNORED, RANK, TESTED_CLIENTS, UNKNOWN, Support,
-                             row, symbol)
+from ..algos.support import (APPROX, CLIENT_NOTES, CLIENTS, DORA_SUPPORT, ERROR, EXACT, IGNORED, RANK, TESTED_CLIENTS,
+                             UNKNOWN, Support, row, symbol)
 from ..errors import ConfigError, FileFormatError, did_you_mean
 from ..io.files import group_by_module
 from ..network import network_from_tensors
