@@ -10,13 +10,10 @@ from .algos.options import AlgoOptions
 from .errors import ConfigError, did_you_mean
 from .validation import format_validation_error
 
-#: option names that may appear in ``module_algo_map`` / ``name_algo_map`` overrides
-OVERRIDE_KEYS = (
-    "algo", "dim", "alpha", "conv_dim", "conv_alpha", "use_tucker", "use_scalar", "rs_lora", "dropout",
-    "rank_dropout", "rank_dropout_scale", "module_dropout", "dora_wd", "wd_on_output", "dora_detach_norm",
-    "factor", "decompose_both", "full_matrix", "unbalanced_factorization", "block_size", "constraint", "rescaled",
-    "train_on_input", "init", "path",
-)
+#: option names that may appear in ``module_algo_map`` / ``name_algo_map`` overrides: every algorithm option
+#: (the fields of :class:`~lyco.algos.options.AlgoOptions`, the one list of them) plus the conv-layer rank and alpha
+_ALGO_FIELDS = AlgoOptions.field_names()
+OVERRIDE_KEYS: tuple[str, ...] = (*_ALGO_FIELDS[:3], "conv_dim", "conv_alpha", *_ALGO_FIELDS[3:])
 
 
 class AdapterConfig(BaseModel):

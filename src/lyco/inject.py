@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from .algos import registry
 from .algos.geometry import Geometry, is_norm
 from .algos.options import AlgoOptions
 from .config import AdapterConfig
@@ -169,7 +170,7 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
             opts_dict = cfg.with_overrides(*overs)
             if norm and not layer:
                 opts = AlgoOptions(**{k: v for k, v in opts_dict.items() if k in AlgoOptions.field_names()})
-                opts = opts.replace(algo="norm", dora_wd=False, dropout=0.0)
+                opts = opts.replace(algo=registry.for_layer_kind("norm").algo, dora_wd=False, dropout=0.0)
             else:
                 if geom.has_spatial_kernel and not sel.enable_conv and not direct_by_name(path):
                     continue

@@ -6,6 +6,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -15,11 +16,14 @@ from . import __version__
 from .algos import registry
 from .algos.base import AdapterModule, base_params
 from .algos.geometry import Geometry
+from .algos.options import AlgoOptions
 from .config import AdapterConfig
-from .errors import ConfigError, FileFormatError, StateError, TargetError, short_list
+from .errors import ConfigError, FileFormatError, LycoError, StateError, short_list
 from .inject import Root, Target, layer_of, select_targets, walk, is_adaptable_layer, is_norm_layer
+from .io import peft as peft_io
 from .io.files import model_hashes, read_file, write_file
 from .layer import LycoLayer, chain
+from .presets import resolve_preset
 
 log = logging.getLogger("lyco")
 
@@ -166,7 +170,7 @@ class Network(nn.Module):
         ``dylora_rank`` truncates DyLoRA modules to that rank (a multiple of their block size)."""
         out: dict[str, torch.Tensor] = {}
         for name, a in self.adapters.items():
-            exported = a.export(dylora_rank) if (dylora_rank and a.algo == "dylora") else a.export()
+            exported = a.export_truncated(dylora_rank) if (dylora_rank and a.truncatable) else a.export()
             for part, t in exported.items():
                 out[f"{name}.{part}"] = t
         return out
@@ -287,6 +291,19 @@ def build_network(roots: list[Root], config: AdapterConfig, multiplier: float = 
     return net
 
 
+def needs_find_unused(config: AdapterConfig) -> bool:
+    """Whether DDP must use ``find_unused_parameters=True`` for networks built from ``config``: some option set (the
+    config's own, or an override in its or its preset's ``module_algo_map`` / ``name_algo_map``) lets a training step
+    skip parameters (module dropout, or an algorithm with a stochastic graph such as DyLoRA)."""
+    sel = resolve_preset(config, "lora_unet")  # the override maps do not depend on the side
+    for over in [{}, *sel.module_algo_map.values(), *sel.name_algo_map.values()]:
+        opts = config.with_overrides(over)
+        algo_opts = AlgoOptions(**{k: v for k, v in opts.items() if k in AlgoOptions.field_names()})
+        if registry.get(opts["algo"]).needs_find_unused(algo_opts):
+            return True
+    return False
+
+
 def resolve_names(roots: list[Root], train_norm: bool = True) -> dict[str, tuple[Root, str, nn.Module]]:
     """Every adaptable module name (and read-only alias) of the roots -> (root, path, module)."""
     table: dict[str, tuple[Root, str, nn.Module]] = {}
@@ -303,9 +320,12 @@ def resolve_names(roots: list[Root], train_norm: bool = True) -> dict[str, tuple
 
 def network_from_tensors(
     tensors: dict[str, torch.Tensor], roots: list[Root], *, multiplier: float = 1.0, strict: bool = True,
-    source: str = "<state dict>", metadata: dict[str, str] | None = None,
+    source: str = "<state dict>", metadata: dict[str, str] | None = None, allow_nonfinite: bool = False,
 ) -> Network:
-    """Detect each module's algorithm from its keys, rebuild it exactly and attach it."""
+    """Detect each module's algorithm from its keys, rebuild it exactly and attach it.
+
+    Every tensor is checked first: non-floating dtypes, NaN/Inf (unless ``allow_nonfinite``) and non-scalar ``alpha``
+    are FileFormatErrors naming ``source`` and the key."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         if "." not in key:
@@ -315,13 +335,7 @@ def network_from_tensors(
         groups.setdefault(name, {})[part] = t
     if "" in groups:
         raise FileFormatError(f"{source}: keys without a module name: {short_list(sorted(groups['']))}")
-    hints: dict[str, Any] = {}
-    module_hints: dict[str, dict] = {}
-    if metadata and "lyco_config" in metadata:
-        try:
-            module_hints = json.loads(metadata["lyco_config"]).get("modules", {}) or {}
-        except (json.JSONDecodeError, AttributeError):
-            module_hints = {}
+    module_hints = _module_hints(metadata)
     table = resolve_names(roots)
     unmatched, unknown_parts, ignored = [], [], []
     made: list[tuple[Target, AdapterModule]] = []
@@ -342,21 +356,12 @@ def network_from_tensors(
             ignored.append(name)
         if extra:
             unknown_parts.append(f"{name}.{{{', '.join(sorted(extra))}}} (with {cls.algo} keys)")
-        h = dict(hints)
+        h: dict[str, Any] = {}
         axis = module_hints.get(name, {}).get("dora_axis")
         if axis:
             h["dora_axis"] = axis
         layer = layer_of(mod)
-        try:
-            geom = Geometry.from_module(layer, path)
-            if (geom.kind == "norm") != (cls.algo == "norm"):
-                raise FileFormatError(f"module '{name}': {cls.algo} keys cannot adapt the model's "
-                                      f"{type(layer).__name__} layer at '{path}'")
-            adapter = cls.from_file(geom, parts, name, h)
-        except FileFormatError as exc:
-            raise FileFormatError(f"{source}: {exc}") from None
-        except (ConfigError, TargetError) as exc:
-            raise FileFormatError(f"{source}: module '{name}' ({path}): {exc}") from None
+        adapter = _module_from_file(cls, name, parts, path, layer, h, source, allow_nonfinite)
         for w in h.get("warnings", []):
             log.warning("lyco: %s: %s", source, w)
         parent_path, _, attr = path.rpartition(".")
@@ -391,6 +396,64 @@ def network_from_tensors(
     return net
 
 
+def _module_hints(metadata: dict[str, str] | None) -> dict[str, dict]:
+    """Per-module records of lyco's ``lyco_config`` metadata (informational; only DoRA-axis ties use them)."""
+    try:
+        return json.loads((metadata or {}).get("lyco_config", "{}")).get("modules", {}) or {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def _module_from_file(cls: type[AdapterModule], name: str, parts: dict[str, torch.Tensor], path: str,
+                      layer: nn.Module, hints: dict[str, Any], source: str, allow_nonfinite: bool) -> AdapterModule:
+    """One adapter rebuilt from its tensors; every problem is a FileFormatError naming the file and module."""
+    try:
+        known = {p: t for p, t in parts.items() if p in cls.file_parts}
+        hints.setdefault("warnings", []).extend(cls.check_file_tensors(name, known, allow_nonfinite))
+        geom = Geometry.from_module(layer, path)
+        if geom.kind not in cls.layer_kinds:
+            raise FileFormatError(f"module '{name}': {cls.algo} keys cannot adapt the model's "
+                                  f"{type(layer).__name__} layer at '{path}'")
+        return cls.from_file(geom, parts, name, hints)
+    except FileFormatError as exc:
+        raise FileFormatError(f"{source}: {exc}") from None
+    except LycoError as exc:
+        raise FileFormatError(f"{source}: module '{name}' ({path}): {exc}") from None
+    except (KeyError, IndexError, ValueError, RuntimeError, TypeError, ArithmeticError) as exc:  # unanticipated shapes
+        shapes = ", ".join(f"{p} {tuple(t.shape)}" for p, t in sorted(parts.items()))
+        raise FileFormatError(f"{source}: module '{name}': malformed {cls.algo} tensors for the model's layer "
+                              f"'{path}' ({shapes}): {type(exc).__name__}: {exc}") from None
+
+
+def read_adapter(path: str | os.PathLike, roots: list[Root]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The kohya/LyCORIS tensors and metadata of an adapter: a kohya/LyCORIS ``.safetensors`` file, a PEFT folder
+    (or its weights file) or a diffusers-format LoRA file (their modules named through ``roots``)."""
+    p = Path(path)
+    if peft_io.is_peft_folder(p):
+        return _named(peft_io.read_peft(p), roots, str(p)), {}
+    tensors, meta = read_file(p)
+    layout = peft_io.layout_of(tensors)
+    if layout == "peft":
+        return _named(peft_io.read_peft(p), roots, str(p)), meta
+    if layout == "diffusers":
+        return _named(peft_io.read_diffusers(tensors, str(p)), roots, str(p)), meta
+    return tensors, meta
+
+
+def _named(adapters: list[peft_io.ForeignAdapter], roots: list[Root], source: str) -> dict[str, torch.Tensor]:
+    by_part = {peft_io.PART_OF_PREFIX.get(r.prefix, "model"): r for r in roots}
+    out: dict[str, torch.Tensor] = {}
+    for ad in adapters:
+        root = roots[0] if len(roots) == 1 and len(adapters) == 1 else by_part.get(ad.part)
+        if root is None:
+            raise FileFormatError(f"{source}: the {ad.kind} adapter for '{ad.part}' has no matching model part "
+                                  f"(the model has: {', '.join(sorted(by_part))})")
+        for mpath, parts in ad.modules.items():
+            for part, t in parts.items():
+                out[f"{root.name(mpath)}.{part}"] = t
+    return out
+
+
 def attach(model: nn.Module, config: AdapterConfig | None = None, *, prefix: str = "lycoris",
            multiplier: float = 1.0, **options: Any) -> Network:
     """Attach adapters to ``model`` and return the :class:`Network`.
@@ -406,11 +469,15 @@ def attach(model: nn.Module, config: AdapterConfig | None = None, *, prefix: str
 
 
 def load(path: str | os.PathLike, model: nn.Module, *, prefix: str = "lycoris", multiplier: float = 1.0,
-         strict: bool = True) -> Network:
-    """Load an adapter file onto ``model``: algorithms are detected from the keys, modules rebuilt exactly."""
-    tensors, meta = read_file(path)
+         strict: bool = True, allow_nonfinite: bool = False) -> Network:
+    """Load an adapter onto ``model``: algorithms are detected from the keys, modules rebuilt exactly.
+
+    ``path`` is a kohya/LyCORIS ``.safetensors`` file, a PEFT adapter folder (or its ``adapter_model.safetensors``
+    with the config beside it) or a diffusers-format LoRA file."""
     root = Root(prefix, model, read_aliases=_generic_aliases(prefix))
-    return network_from_tensors(tensors, [root], multiplier=multiplier, strict=strict, source=str(path), metadata=meta)
+    tensors, meta = read_adapter(path, [root])
+    return network_from_tensors(tensors, [root], multiplier=multiplier, strict=strict, source=str(path), metadata=meta,
+                                allow_nonfinite=allow_nonfinite)
 
 
 def _generic_aliases(prefix: str):

@@ -1,8 +1,13 @@
-"""Adapter algorithms.  Importing this package registers every algorithm."""
-from . import boft, dylora, full, glora, ia3, loha, lokr, lora, norm, oft  # noqa: F401  (registration side effects)
+"""Adapter algorithms.  Importing this package registers every algorithm listed in
+:data:`lyco.algos.registry.ALGORITHM_MODULES`."""
+from importlib import import_module
+
 from .base import AdapterModule
 from .geometry import Geometry
 from .options import AlgoOptions
-from .registry import available, canonical, detect, get
+from .registry import ALGORITHM_MODULES, available, canonical, detect, get
+
+for _module in ALGORITHM_MODULES:  # registration side effects, in detection order
+    import_module(f"{__name__}.{_module}")
 
 __all__ = ["AdapterModule", "AlgoOptions", "Geometry", "available", "canonical", "detect", "get"]

@@ -9,11 +9,15 @@ implements the three execution paths of the spec:
 * **merge**: :meth:`adapted_weight` is written into the layer by the wrapper.
 
 Algorithms implement a handful of hooks (``delta_raw``, ``apply_raw``, ``lowrank``, ``bypass_cost``,
-``export``, ``from_file``, ``detect``) and register themselves in :mod:`lyco.algos.registry`.
+``export``, ``from_file``, ``detect``), declare their capabilities as class attributes (``layer_kinds``,
+``stochastic_graph``, ``truncatable``, ``support`` ...) and register themselves in :mod:`lyco.algos.registry`.
+Everything the rest of lyco needs to know about an algorithm is asked of its class; see
+``docs/adding-an-algorithm.md``.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
@@ -24,6 +28,7 @@ from .functional import dora as dora_f
 from .functional.common import rank_dropout_mask
 from .geometry import Geometry
 from .options import AlgoOptions
+from .support import FileSummary, Support
 
 STANDARD_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -44,14 +49,31 @@ def weight_expressible(base: nn.Module) -> bool:
     return type(base) in STANDARD_LAYERS
 
 
+def _kind(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).replace('torch.', '')} of shape {tuple(t.shape)}"
+
+
 class AdapterModule(nn.Module):
     """Base class of every algorithm (one instance adapts one layer)."""
 
     algo: ClassVar[str] = ""
     #: every tensor name (after ``<module>.``) this algorithm reads and writes
     file_parts: ClassVar[frozenset[str]] = frozenset()
-    supports_conv: ClassVar[bool] = True
+    #: parts stored as integers (every other part must be floating point)
+    integer_parts: ClassVar[frozenset[str]] = frozenset()
+    #: parts that hold one number (0-d)
+    scalar_parts: ClassVar[frozenset[str]] = frozenset({"alpha", "scale"})
+    #: the layer kinds (:attr:`Geometry.kind`) the algorithm adapts
+    layer_kinds: ClassVar[frozenset[str]] = frozenset({"linear", "conv"})
     supports_dora: ClassVar[bool] = False
+    #: a training step may leave some adapter parameters without a gradient (DDP needs find_unused_parameters)
+    stochastic_graph: ClassVar[bool] = False
+    #: files can be written at a lower rank than the module trains (:meth:`export_truncated`)
+    truncatable: ClassVar[bool] = False
+    #: support-matrix rows (feature -> :class:`Support`) of the features :meth:`file_features` reports
+    support: ClassVar[Mapping[str, Support]] = {}
+    #: DoRA feature names on the (input, output) axis for this algorithm (InvokeAI and PEFT have DoRA on LoRA only)
+    dora_features: ClassVar[tuple[str, str]] = ("dora-in-not-lora", "dora-out-not-lora")
     #: the bypass path handles groups > 1 itself (otherwise grouped convs use rebuild)
     grouped_bypass: ClassVar[bool] = False
     #: additive algorithms use W + m·ΔW; multiplicative ones W + m·(W'₁ - W) and never touch the bias
@@ -100,8 +122,8 @@ class AdapterModule(nn.Module):
 
     def _validate_options(self) -> None:
         o, g = self.opts, self.geom
-        if g.kind == "conv" and not self.supports_conv:
-            raise self._err("this algorithm does not support conv layers")
+        if g.kind not in self.layer_kinds:
+            raise self._err(f"this algorithm adapts {' and '.join(sorted(self.layer_kinds))} layers only")
         if o.dora_wd and not self.supports_dora:
             raise self._err("DoRA (dora_wd) is defined for lora/locon, loha and lokr only")
         for field in ("dropout", "rank_dropout", "module_dropout"):
@@ -185,10 +207,97 @@ class AdapterModule(nn.Module):
             d["dora_axis"] = self.dora_axis
         return d
 
+    def export_truncated(self, rank: int) -> dict[str, torch.Tensor]:
+        """File tensors at a lower ``rank`` (only for :attr:`truncatable` algorithms)."""
+        raise self._err("this algorithm cannot write its file at another rank")
+
+    @classmethod
+    def needs_find_unused(cls, opts: AlgoOptions) -> bool:
+        """Whether a training step with these options may leave parameters without a gradient (DDP's
+        ``find_unused_parameters``): module dropout skips whole modules; stochastic algorithms skip parts."""
+        return cls.stochastic_graph or opts.module_dropout > 0
+
     @classmethod
     def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         """Whether a module's tensors (part name -> tensor) are this algorithm's."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ what tools ask of a file's module
+    @classmethod
+    def file_features(cls, name: str, parts: dict[str, torch.Tensor]) -> list[str]:
+        """The support-matrix features (keys of :attr:`support` / DORA_SUPPORT) one module of a file uses."""
+        return [cls.algo, *cls._dora_file_features(parts)]
+
+    @classmethod
+    def _dora_file_features(cls, parts: dict[str, torch.Tensor]) -> list[str]:
+        ds = parts.get("dora_scale")
+        if ds is None:
+            return []
+        if ds.dim() <= 1:
+            return ["dora-1d"]
+        on_input = ds.shape[0] == 1 and ds.shape[1] > 1
+        return [cls.dora_features[0] if on_input else cls.dora_features[1]]
+
+    @classmethod
+    def file_summary(cls, parts: dict[str, torch.Tensor]) -> FileSummary:
+        """Rank, variant tags and factor layout of one module of a file (for ``lyco inspect``)."""
+        return FileSummary(tags=("dora",) if "dora_scale" in parts else ())
+
+    @classmethod
+    def portable_parts(cls, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """An exact rewrite of one module's tensors into a more widely loaded form, from the file alone (None: this
+        algorithm has none); ``lyco convert --to ui-safe --for CLIENT`` uses it before falling back to the base
+        model."""
+        return None
+
+    @classmethod
+    def file_geometry(cls, parts: dict[str, torch.Tensor]) -> Geometry | None:
+        """A layer geometry consistent with a module's tensors, enough to rebuild ΔW from the file alone
+        (None: ΔW needs the base layer's weight).  The kernel of a flattened conv factor may be folded into the
+        input size: the Frobenius norm of ΔW does not depend on it."""
+        return None
+
+    @classmethod
+    def delta_from_file(cls, parts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """s·ΔW (fp32) from one module's tensors alone, through the same code that loads the module; None when
+        it needs the base weight (multiplicative algorithms, DoRA, GLoRA)."""
+        if cls.multiplicative or "dora_scale" in parts:
+            return None
+        geom = cls.file_geometry(parts)
+        if geom is None:
+            return None
+        mod = cls.from_file(geom, parts, "", {})
+        with torch.no_grad():
+            return mod.delta_weight()
+
+    @classmethod
+    def check_file_tensors(cls, name: str, parts: dict[str, torch.Tensor], allow_nonfinite: bool = False) -> list[str]:
+        """Dtypes, finiteness and scalar parts of one module of a file: raises FileFormatError naming the key, and
+        returns warnings for what is read in a tolerated way."""
+        warnings: list[str] = []
+        for part in sorted(parts):
+            t = parts[part]
+            key = f"{name}.{part}"
+            if part in cls.integer_parts:  # int64 in lyco's files; the reference writes them in the save dtype
+                v = t.double().item() if t.numel() == 1 and not t.is_complex() else float("nan")
+                if not (math.isfinite(v) and v == int(v)):
+                    raise FileFormatError(f"key '{key}' must be one integer (got {_kind(t)})")
+                continue
+            if t.numel() == 0:
+                raise FileFormatError(f"key '{key}' is empty (shape {tuple(t.shape)}); the file is corrupt or was "
+                                      "written with rank 0")
+            if not t.is_floating_point():
+                raise FileFormatError(f"key '{key}' has dtype {str(t.dtype).replace('torch.', '')}; adapter tensors "
+                                      "are floating point (the file is corrupt or not an adapter)")
+            if part in cls.scalar_parts and t.numel() != 1:
+                raise FileFormatError(f"key '{key}' must hold one number but has shape {tuple(t.shape)}")
+            if part in cls.scalar_parts and t.dim() > 0:
+                warnings.append(f"key '{key}' has shape {tuple(t.shape)} instead of a 0-d scalar; read as one number")
+            if not allow_nonfinite and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise FileFormatError(f"key '{key}' contains {bad} NaN/Inf value(s) of {t.numel()}; the adapter is "
+                                      "broken (training diverged?). Pass allow_nonfinite=True to load it anyway")
+        return warnings
 
     @classmethod
     def from_file(

@@ -15,6 +15,9 @@ from .registry import register
 class DyLoRAModule(LoRAModule):
     algo = "dylora"
     grouped_bypass = True
+    #: each training step trains a random rank prefix: the other blocks get no gradient
+    stochastic_graph = True
+    truncatable = True
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True) -> None:
@@ -80,10 +83,10 @@ class DyLoRAModule(LoRAModule):
             self._active = None
 
     # ------------------------------------------------------------------ files
-    def export(self, rank: int | None = None) -> dict[str, torch.Tensor]:
-        """LoCon keys at full rank, or truncated to ``rank`` (a multiple of block_size)."""
-        out = super().export()
-        if rank is None or rank == self.rank:
+    def export_truncated(self, rank: int) -> dict[str, torch.Tensor]:
+        """LoCon keys truncated to ``rank`` (a multiple of block_size)."""
+        out = self.export()
+        if rank == self.rank:
             return out
         if rank % self.block_size or not 0 < rank <= self.rank:
             raise self._err(f"truncation rank {rank} must be a positive multiple of block_size {self.block_size} "

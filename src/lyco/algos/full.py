@@ -8,6 +8,7 @@ from .base import AdapterModule
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
+from .support import row
 
 
 class FullModule(AdapterModule):
@@ -15,6 +16,8 @@ class FullModule(AdapterModule):
     file_parts = frozenset({"diff", "diff_b"})
     scaled = False
     grouped_bypass = True
+    support = {"full": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "diffusers has no full-diff loader",
+                           PEFT="`lyco convert --to peft` converts lora, loha and lokr only")}
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True, has_bias: bool | None = None) -> None:
@@ -62,6 +65,10 @@ class FullModule(AdapterModule):
         return "diff" in tensors
 
     @classmethod
+    def file_geometry(cls, parts):
+        return Geometry.of_weight_shape(tuple(parts["diff"].shape), has_bias="diff_b" in parts)
+
+    @classmethod
     def from_file(cls, geom, tensors, name, hints):
         cls._check_shape(name, "diff", tensors["diff"], geom.weight_shape)
         has_b = "diff_b" in tensors
@@ -75,4 +82,4 @@ class FullModule(AdapterModule):
         return mod
 
 
-register(FullModule, aliases=("native", "diff"), detect_order=70)
+register(FullModule, aliases=("native", "diff"))

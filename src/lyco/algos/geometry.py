@@ -127,6 +127,16 @@ class Geometry:
             "GroupNorm and RMSNorm-like layers"
         )
 
+    @staticmethod
+    def of_weight_shape(shape: tuple[int, ...], has_bias: bool = False) -> "Geometry":
+        """A plain layer with this weight shape: Linear for (O, I), an unpadded stride-1 ConvNd for (O, I, k...)."""
+        if len(shape) == 1:
+            return Geometry("norm", shape[0], shape[0], has_bias=has_bias)
+        if len(shape) == 2:
+            return Geometry("linear", shape[1], shape[0], has_bias=has_bias)
+        n = len(shape) - 2
+        return Geometry("conv", shape[1], shape[0], tuple(shape[2:]), (1,) * n, (0,) * n, (1,) * n, has_bias=has_bias)
+
     # ----------------------------------------------------------------- functional ops
     def _pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | str]:
         """Apply non-zero padding modes explicitly; return (input, padding for the conv call)."""

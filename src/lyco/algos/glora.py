@@ -1,22 +1,24 @@
 """GLoRA: W' = W + s·(W·A + B), A = a1·a2 (I_g × I_g, low rank), B = b1·b2 (O × I_g·K, low rank)."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, base_params
+from .base import AdapterModule, FileSummary, base_params
+from .functional import glora as F_glora
 from .functional.common import kaiming_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
+from .support import row
 
 
 class GLoRAModule(AdapterModule):
     algo = "glora"
     file_parts = frozenset({"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha", "scale"})
+    support = {"glora": row("✔ ! ✔ ! ! ✘ ✔ !", "A1111 errors per GLoRA layer; InvokeAI rejects the whole file",
+                            PEFT="`lyco convert --to peft` converts lora, loha and lokr only")}
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True) -> None:
@@ -43,22 +45,9 @@ class GLoRAModule(AdapterModule):
     def mask_size(self) -> int:
         return 2 * self.rank  # independent masks for the A and B branches
 
-    def _masked(self, mask):
-        a1, b1 = self.a1, self.b1
-        if mask is not None:
-            r = self.rank
-            a1 = a1 * mask[:r].to(a1.dtype)
-            b1 = b1 * mask[r:].to(b1.dtype)
-        return a1, b1
-
     def delta_given(self, W: torch.Tensor, mask=None) -> torch.Tensor:
         """ΔW_raw = W·a1·a2 + b1·b2 for the base weight W (fp32)."""
-        a1, b1 = self._masked(mask)
-        A = a1 @ self.a2  # (I_g, I_g)
-        Wf = W.float()
-        WA = torch.einsum("oi...,ij->oj...", Wf, A)
-        B = (b1 @ self.b2.reshape(self.rank, -1)).reshape(W.shape)
-        return WA + B
+        return F_glora.delta(W, self.a1, self.a2, self.b1, self.b2, mask)
 
     def adapted_weight(self, W, b, m, mask=None):
         dW = self.t() * self.delta_given(W, mask)
@@ -66,15 +55,10 @@ class GLoRAModule(AdapterModule):
 
     def bypass(self, x, base, m, mask):
         W, b = base_params(base)
-        a1, b1 = self._masked(mask)
-        g = self.geom
-        c = self._cast
-        ax = g.pointwise(g.pointwise(x, c(self.a2, x)), c(a1, x))
-        branch_a = self._base_nobias(ax, base, W, b)
-        if g.kind == "linear":
-            branch_b = torch.nn.functional.linear(torch.nn.functional.linear(x, c(self.b2, x)), c(b1, x))
-        else:
-            branch_b = g.pointwise(g.spatial_conv(x, c(self.b2, x)), c(b1, x))
+        a1, b1 = F_glora.masked(self.a1, self.b1, mask)
+        g, c = self.geom, self._cast
+        branch_a = self._base_nobias(F_glora.input_branch(x, g, c(a1, x), c(self.a2, x)), base, W, b)
+        branch_b = F_glora.weight_branch(x, g, c(b1, x), c(self.b2, x))
         y = base(x)
         d = (branch_a + branch_b) * self.t().to(y.dtype)
         if self.opts.dropout > 0 and self.training:
@@ -82,9 +66,7 @@ class GLoRAModule(AdapterModule):
         return y + d if m == 1 else y + m * d
 
     def bypass_cost(self) -> int:
-        g = self.geom
-        return 2 * self.rank * g.in_per_group + g.out_features * g.in_per_group * g.k_numel + \
-            self.rank * (g.in_per_group * g.k_numel + g.out_features)
+        return F_glora.cost(self.geom, self.rank)
 
     def export(self) -> dict[str, torch.Tensor]:
         c = self.scalar.detach().float()
@@ -100,6 +82,12 @@ class GLoRAModule(AdapterModule):
     @classmethod
     def detect(cls, tensors) -> bool:
         return "a1.weight" in tensors
+
+    @classmethod
+    def file_summary(cls, parts):
+        a2 = parts.get("a2.weight")
+        rank = int(a2.shape[0]) if a2 is not None and a2.dim() else None
+        return FileSummary(rank, super().file_summary(parts).tags)
 
     @classmethod
     def from_file(cls, geom, tensors, name, hints):
@@ -131,8 +119,5 @@ class GLoRAModule(AdapterModule):
             mod.b2.copy_(b2.float())
         return mod
 
-    def describe(self) -> dict[str, Any]:
-        return super().describe()
 
-
-register(GLoRAModule, detect_order=60)
+register(GLoRAModule)

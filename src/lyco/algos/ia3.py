@@ -7,15 +7,21 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
+from .functional import ia3 as F_ia3
 from .geometry import Geometry
 from .multiplicative import MultiplicativeModule
 from .options import AlgoOptions
 from .registry import register
+from .support import row
 
 
 class IA3Module(MultiplicativeModule):
     algo = "ia3"
     file_parts = frozenset({"weight", "on_input"})
+    integer_parts = frozenset({"on_input"})
+    support = {"ia3": row("✘ ✔ ✘ ✔ ! ✘ ! !", "(IA)³ loads in A1111 and InvokeAI only; ComfyUI warns 'lora key not "
+                          "loaded'", lycoris_lora="lycoris-lora 4.1.3 raises TypeError when it loads (IA)³ modules",
+                          PEFT="`lyco convert --to peft` converts lora, loha and lokr only")}
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True) -> None:
@@ -30,25 +36,16 @@ class IA3Module(MultiplicativeModule):
     def rank(self) -> int:
         return 1
 
-    def _scale_vec(self, m: float = 1.0) -> torch.Tensor:
-        return 1 + m * self.weight.reshape(-1)
-
     def full_weight(self, W):
-        s = self._scale_vec().float()
-        if self.on_input:
-            return W * s.reshape(1, -1, *([1] * (W.dim() - 2)))
-        return W * s.reshape(-1, *([1] * (W.dim() - 1)))
+        return F_ia3.scaled_weight(W, self.weight, self.on_input)
 
     def transform_output(self, z):
-        return z * self.geom.channel_view(self._scale_vec().to(z.dtype))
+        return F_ia3.scale_output(z, self.weight, self.geom)
 
     def bypass(self, x, base, m, mask):
         if not self.on_input:
             return super().bypass(x, base, m, mask)
-        s = self._scale_vec(m)
-        if self.geom.groups > 1:
-            s = s.repeat(self.geom.groups)
-        return base(x * self.geom.channel_view(s.to(x.dtype)))
+        return base(F_ia3.scale_input(x, self.weight, self.geom, m))
 
     def bypass_cost(self) -> int:
         return self.geom.out_features
@@ -68,7 +65,10 @@ class IA3Module(MultiplicativeModule):
     def from_file(cls, geom, tensors, name, hints):
         if "weight" not in tensors:
             raise FileFormatError(f"module '{name}': IA3 'on_input' without 'weight'")
-        on_input = bool(int(tensors["on_input"].item()))
+        flag = int(tensors["on_input"].item())
+        if flag not in (0, 1):
+            raise FileFormatError(f"key '{name}.on_input' is {flag}; it must be 0 (output axis) or 1 (input axis)")
+        on_input = bool(flag)
         opts = AlgoOptions(algo=cls.algo, dim=1, alpha=None, train_on_input=on_input)
         mod = cls(geom, opts, name, initialize=False)
         w = tensors["weight"]
@@ -80,4 +80,4 @@ class IA3Module(MultiplicativeModule):
         return mod
 
 
-register(IA3Module, aliases=("ia³", "ia_3"), detect_order=10)
+register(IA3Module, aliases=("ia³", "ia_3"))

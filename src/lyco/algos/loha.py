@@ -7,12 +7,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule
+from .base import AdapterModule, FileSummary
 from .functional import loha as F_loha
 from .functional.common import normal_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
+from .support import row
 
 
 class LoHaModule(AdapterModule):
@@ -20,6 +21,7 @@ class LoHaModule(AdapterModule):
     file_parts = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha",
                             "dora_scale", "scale"})
     supports_dora = True
+    support = {"loha": row("✔ ✔ ✔ ✔ ! ✘ ✔ ✔", "diffusers and sd-scripts' own loader have no LoHa")}
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True) -> None:
@@ -121,6 +123,22 @@ class LoHaModule(AdapterModule):
         return "hada_w1_a" in tensors
 
     @classmethod
+    def file_summary(cls, parts):
+        w1b = parts.get("hada_w1_b")
+        rank = int(w1b.shape[0]) if w1b is not None and w1b.dim() else None
+        tags = ("tucker",) if "hada_t1" in parts else ()
+        return FileSummary(rank, tags + super().file_summary(parts).tags)
+
+    @classmethod
+    def file_geometry(cls, parts):
+        w1a, w1b, t1 = parts["hada_w1_a"], parts.get("hada_w1_b"), parts.get("hada_t1")
+        if w1b is None or w1a.dim() != 2 or w1b.dim() < 2:
+            return None
+        if t1 is not None:
+            return Geometry.of_weight_shape((w1a.shape[1], w1b.shape[1], *t1.shape[2:]))
+        return Geometry.of_weight_shape((w1a.shape[0], w1b[0].numel()))
+
+    @classmethod
     def from_file(cls, geom, tensors, name, hints):
         need = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"]
         missing = [p for p in need if p not in tensors]
@@ -158,4 +176,4 @@ class LoHaModule(AdapterModule):
         return mod
 
 
-register(LoHaModule, detect_order=30)
+register(LoHaModule)

@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule
+from .base import AdapterModule, FileSummary
 from .functional import dora as dora_f
 from .functional import lokr as F_lokr
 from .functional.common import factorization, kaiming_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
+from .support import row
 
 
 class LoKrModule(AdapterModule):
@@ -22,6 +23,22 @@ class LoKrModule(AdapterModule):
     file_parts = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
                             "alpha", "dora_scale", "scale"})
     supports_dora = True
+    support = {
+        "lokr": row("✔ ✔ ✔ ✔ ! ✘ ✔ ✔", "diffusers and sd-scripts' own loader have no LoKr"),
+        "lokr-tucker-conv": row("! ✔ ! ✔ ! ✘ ! !", "ComfyUI/Forge skip LoKr layers with lokr_t2 on convs; lycoris-lora "
+                                "4.1.3 reads the rank wrongly", PEFT="PEFT's effective-conv2d LoKr has another core "
+                                "layout; `lyco convert --to ui-safe` rewrites lokr_t2 exactly"),
+        "lokr-unbalanced": row("✔ ✔ ✔ ✔ ! ✘ ! !", "the W1 factor is larger than W2 (unbalanced_factorization)",
+                               lycoris_lora="lycoris-lora 4.1.3 rebuilds LoKr modules with its own factorisation rule "
+                               "and cannot load unbalanced factors", PEFT="PEFT builds W1 from its own factorisation "
+                               "rule"),
+        "lokr-factor": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "the output axis is split with an explicit factor",
+                           PEFT="`lyco convert --to peft` writes decompose_factor=-1, so PEFT builds other factor "
+                                "sizes"),
+        "lokr-decomposed-w1": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "W1 is low-rank (decompose_both)",
+                                  PEFT="`lyco convert --to peft` writes decompose_both=false, so PEFT builds a full "
+                                       "W1"),
+    }
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True, layout: dict[str, Any] | None = None) -> None:
@@ -172,6 +189,81 @@ class LoKrModule(AdapterModule):
         return bool({"lokr_w1", "lokr_w1_a"} & tensors.keys())
 
     @classmethod
+    def _file_factors(cls, parts) -> tuple[tuple[int, int], tuple[int, int], int | None] | None:
+        """((a, c), (b, d·K), rank) from a module's tensors (W1 is (a, c), W2 (b, d[, k...])), or None."""
+        p = parts
+        try:
+            w1 = tuple(p["lokr_w1"].shape) if "lokr_w1" in p else (p["lokr_w1_a"].shape[0], p["lokr_w1_b"].shape[1])
+            if "lokr_w2" in p:
+                w2 = (p["lokr_w2"].shape[0], p["lokr_w2"][0].numel())
+            elif "lokr_t2" in p:
+                w2 = (p["lokr_w2_a"].shape[1], p["lokr_w2_b"].shape[1] * p["lokr_t2"][0, 0].numel())
+            else:
+                w2 = (p["lokr_w2_a"].shape[0], p["lokr_w2_b"].shape[1])
+            low = p.get("lokr_w1_b", p.get("lokr_w2_b"))
+        except (KeyError, IndexError):
+            return None
+        if len(w1) != 2:
+            return None
+        return (int(w1[0]), int(w1[1])), (int(w2[0]), int(w2[1])), None if low is None else int(low.shape[0])
+
+    @classmethod
+    def file_features(cls, name, parts):
+        out = ["lokr-tucker-conv" if "lokr_t2" in parts else "lokr"]
+        f = cls._file_factors(parts)
+        if f is not None:
+            (a, _), (b, _), _ = f
+            if a > b:
+                out.append("lokr-unbalanced")
+            elif a != factorization(a * b)[0]:
+                out.append("lokr-factor")
+        if "lokr_w1_a" in parts:
+            out.append("lokr-decomposed-w1")
+        return out + cls._dora_file_features(parts)
+
+    @classmethod
+    def file_summary(cls, parts):
+        f = cls._file_factors(parts)
+        tags = (("tucker",) if "lokr_t2" in parts else ()) + super().file_summary(parts).tags
+        if f is None:
+            return FileSummary(tags=tags)
+        (a, c), (b, dk), r = f
+        w1 = "low-rank" if "lokr_w1_a" in parts else "full"
+        w2 = "tucker" if "lokr_t2" in parts else ("full" if "lokr_w2" in parts else "low-rank")
+        return FileSummary(r, tags, f"W1 {a}x{c} {w1} ⊗ W2 {b}x{dk} {w2}")
+
+    @classmethod
+    def portable_parts(cls, parts):
+        """Tucker ``lokr_t2`` rebuilt as a full ``lokr_w2`` (exact; ComfyUI, Forge and lycoris-lora lack lokr_t2)."""
+        geom = cls.file_geometry(parts) if "lokr_t2" in parts else None
+        if geom is None:
+            return None
+        f = {k: v.float() for k, v in parts.items()}
+        b, d = f["lokr_w2_a"].shape[1], f["lokr_w2_b"].shape[1]
+        out = {k: v for k, v in parts.items() if k not in ("lokr_t2", "lokr_w2_a", "lokr_w2_b")}
+        out["lokr_w2"] = F_lokr.make_w2(geom, b, d, None, f["lokr_w2_a"], f["lokr_w2_b"], f["lokr_t2"])
+        if "lokr_w1" in parts:  # both factors full now: loaders use scale 1, so fold alpha/r into W1
+            r = f["lokr_t2"].shape[0]
+            alpha = float(f["alpha"]) if "alpha" in f and float(f["alpha"]) else r
+            out["lokr_w1"] = f["lokr_w1"] * (alpha / r)
+            out["alpha"] = torch.tensor(float(r))
+        return out
+
+    @classmethod
+    def file_geometry(cls, parts):
+        f = cls._file_factors(parts)
+        if f is None:
+            return None
+        (a, c), (b, dk), _ = f
+        if "lokr_w2" in parts and parts["lokr_w2"].dim() > 2:
+            w2 = parts["lokr_w2"]
+            return Geometry.of_weight_shape((a * b, c * w2.shape[1], *w2.shape[2:]))
+        if "lokr_t2" in parts:
+            t2 = parts["lokr_t2"]
+            return Geometry.of_weight_shape((a * b, c * parts["lokr_w2_b"].shape[1], *t2.shape[2:]))
+        return Geometry.of_weight_shape((a * b, c * dk))  # a conv kernel folded into d: same ‖ΔW‖
+
+    @classmethod
     def from_file(cls, geom, tensors, name, hints):
         g = geom
         o, i_g, k = g.out_features, g.in_per_group, g.kernel_size
@@ -229,4 +321,4 @@ class LoKrModule(AdapterModule):
         return mod
 
 
-register(LoKrModule, aliases=("kron",), detect_order=40)
+register(LoKrModule, aliases=("kron",))

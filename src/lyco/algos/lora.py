@@ -7,12 +7,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule
+from .base import AdapterModule, FileSummary
 from .functional import lora as F_lora
 from .functional.common import kaiming_, normal_, orthogonal_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
+from .support import row
 
 INITS = ("kaiming", "gaussian", "orthogonal")
 
@@ -22,6 +23,12 @@ class LoRAModule(AdapterModule):
     file_parts = frozenset({"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "dora_scale", "scale"})
     supports_dora = True
     grouped_bypass = True
+    dora_features = ("dora-in", "dora-out")
+    support = {
+        "lora": row("✔ ✔ ✔ ✔ ✔ ✔ ✔ ✔"),
+        "locon-tucker": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "diffusers' load_lora_weights rejects lora_mid keys; sd-scripts' own "
+                            "loader ignores them", PEFT="PEFT LoRA has no Tucker (lora_mid) form"),
+    }
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True) -> None:
@@ -123,6 +130,24 @@ class LoRAModule(AdapterModule):
         return {"lora_down.weight", "lora_up.weight"} <= tensors.keys()
 
     @classmethod
+    def file_features(cls, name, parts):
+        return ["locon-tucker" if "lora_mid.weight" in parts else "lora", *cls._dora_file_features(parts)]
+
+    @classmethod
+    def file_summary(cls, parts):
+        down = parts["lora_down.weight"]
+        tags = ("tucker",) if "lora_mid.weight" in parts else ()
+        return FileSummary(int(down.shape[0]) if down.dim() else None, tags + super().file_summary(parts).tags)
+
+    @classmethod
+    def file_geometry(cls, parts):
+        down, up, mid = parts["lora_down.weight"], parts["lora_up.weight"], parts.get("lora_mid.weight")
+        if down.dim() < 2 or up.dim() < 2:
+            return None
+        kernel = tuple(mid.shape[2:]) if mid is not None else tuple(down.shape[2:])
+        return Geometry.of_weight_shape((up.shape[0], down.shape[1], *kernel))
+
+    @classmethod
     def from_file(cls, geom, tensors, name, hints):
         down, up = tensors["lora_down.weight"], tensors["lora_up.weight"]
         mid = tensors.get("lora_mid.weight")
@@ -154,4 +179,4 @@ class LoRAModule(AdapterModule):
         return mod
 
 
-register(LoRAModule, aliases=("locon",), detect_order=20)
+register(LoRAModule, aliases=("locon",))

@@ -5,27 +5,26 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import FileFormatError
 from .base import AdapterModule, base_params
+from .functional import norm as F_norm
 from .functional.common import rank_dropout_mask
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
+from .support import row
 
 
-def norm_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The norm layer's own computation with another (γ, β)."""
+def norm_spec(layer: nn.Module) -> F_norm.NormSpec:
+    """What a norm layer computes apart from its affine parameters."""
     if isinstance(layer, nn.LayerNorm):
-        return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
+        return F_norm.NormSpec("layer", tuple(layer.normalized_shape), layer.eps)
     if isinstance(layer, nn.GroupNorm):
-        return F.group_norm(x, layer.num_groups, weight, bias, layer.eps)
+        return F_norm.NormSpec("group", eps=layer.eps, groups=layer.num_groups)
     if isinstance(layer, getattr(nn, "RMSNorm", ())):
-        return F.rms_norm(x, layer.normalized_shape, weight, layer.eps)
-    normed = layer._norm(x.float()).type_as(x)
-    y = normed * weight.to(normed.dtype)
-    return y if bias is None else y + bias.to(y.dtype)
+        return F_norm.NormSpec("rms", tuple(layer.normalized_shape), layer.eps)
+    return F_norm.NormSpec("custom", normalize=layer._norm)
 
 
 def _raw(base: nn.Module) -> nn.Module:
@@ -36,15 +35,19 @@ def _raw(base: nn.Module) -> nn.Module:
 class NormModule(AdapterModule):
     algo = "norm"
     file_parts = frozenset({"w_norm", "b_norm"})
+    layer_kinds = frozenset({"norm"})
     scaled = False
     allows_dropout = False
-    supports_conv = False
+    support = {
+        "norm": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "diffusers has no norm adapters",
+                    PEFT="`lyco convert --to peft` converts lora, loha and lokr only"),
+        "norm-te": row("✘ ✔ ✔ ✔ ! ✘ ✔ !", "ComfyUI has no kohya names for text-encoder norms; diffusers has no norm "
+                       "adapters", PEFT="`lyco convert --to peft` converts lora, loha and lokr only"),
+    }
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
                  initialize: bool = True, has_bias: bool | None = None) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
-        if geom.kind != "norm":
-            raise self._err("the norm adapter applies to norm layers only")
         c = geom.out_features
         self.w_norm = nn.Parameter(torch.zeros(c))
         has_bias = geom.has_bias if has_bias is None else has_bias
@@ -59,13 +62,16 @@ class NormModule(AdapterModule):
             return None
         return rank_dropout_mask(self.geom.out_features, self.opts.rank_dropout, self.opts.rank_dropout_scale, device)
 
+    def delta_raw(self, mask=None):
+        return self.w_norm if mask is None else self.w_norm * mask
+
+    def delta_bias(self, mask=None):
+        if self.b_norm is None:
+            return None
+        return self.b_norm if mask is None else self.b_norm * mask
+
     def adapted_weight(self, W, b, m, mask=None):
-        dw = self.w_norm if mask is None else self.w_norm * mask
-        W2 = (W.float() + m * dw).to(W.dtype)
-        if b is not None and self.b_norm is not None:
-            db = self.b_norm if mask is None else self.b_norm * mask
-            b = (b.float() + m * db).to(b.dtype)
-        return W2, b
+        return F_norm.adapted(W, b, self.w_norm, self.b_norm, m, mask)
 
     def forward(self, x, base):
         m = self.multiplier
@@ -73,7 +79,7 @@ class NormModule(AdapterModule):
             return base(x)
         W, b = base_params(base)
         W2, b2 = self.adapted_weight(W, b, m, self.draw_mask(x.device))
-        return norm_op(_raw(base), x, W2, b2)
+        return F_norm.forward(norm_spec(_raw(base)), x, W2, b2)
 
     def use_rebuild(self, base) -> bool:
         return True
@@ -95,6 +101,14 @@ class NormModule(AdapterModule):
         return "w_norm" in tensors
 
     @classmethod
+    def file_features(cls, name, parts):
+        return ["norm-te" if name.startswith("lora_te") else "norm"]
+
+    @classmethod
+    def file_geometry(cls, parts):
+        return Geometry.of_weight_shape((parts["w_norm"].numel(),), has_bias="b_norm" in parts)
+
+    @classmethod
     def from_file(cls, geom, tensors, name, hints):
         c = geom.out_features
         for p in ("w_norm", "b_norm"):
@@ -109,4 +123,4 @@ class NormModule(AdapterModule):
         return mod
 
 
-register(NormModule, detect_order=80)
+register(NormModule)

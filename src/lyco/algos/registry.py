@@ -1,30 +1,49 @@
-"""Algorithm registry: name -> adapter class, plus file detection order.
+"""Algorithm registry: name -> adapter class, and the one place that lists the algorithms and their file
+detection order.
 
-Each algorithm file ends with one ``register(...)`` call; :mod:`lyco.algos` imports them all.  The registry is
-filled at import time only and never changed afterwards.
+Adding an algorithm is one file ``lyco/algos/<module>.py`` that ends with ``register(<Class>)`` plus one entry in
+:data:`ALGORITHM_MODULES` (see ``docs/adding-an-algorithm.md``).  The registry is filled when :mod:`lyco.algos` is
+imported and never changed afterwards.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from ..errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from .base import AdapterModule
 
+#: every algorithm module of :mod:`lyco.algos`, in **file detection order**: a module's tensors belong to the
+#: first algorithm (by its module's place here) whose ``detect`` accepts them.  Modules whose files cannot be told
+#: apart from another algorithm's (DyLoRA writes LoRA files) detect nothing and may go anywhere.
+ALGORITHM_MODULES: tuple[str, ...] = (
+    "ia3",      # `on_input` marks (IA)³ before anything else reads its `weight`
+    "lora",
+    "loha",
+    "lokr",
+    "boft",     # 4-D oft_blocks
+    "oft",      # 3-D oft_blocks (diag-OFT)
+    "glora",
+    "full",
+    "norm",
+    "dylora",   # LoRA files; never detected
+)
+
 _ALGOS: dict[str, type["AdapterModule"]] = {}
 _ALIASES: dict[str, str] = {}
-_DETECT: list[tuple[int, type["AdapterModule"]]] = []
 
 
-def register(cls: type["AdapterModule"], *, aliases: tuple[str, ...] = (), detect_order: int | None = None):
-    """Register an algorithm class under ``cls.algo`` (and aliases); ``detect_order`` ranks file detection."""
+def register(cls: type["AdapterModule"], *, aliases: tuple[str, ...] = ()) -> type["AdapterModule"]:
+    """Register an algorithm class under ``cls.algo`` (and aliases).  Its module must be in ALGORITHM_MODULES."""
+    module = cls.__module__.rsplit(".", 1)[-1]
+    if module not in ALGORITHM_MODULES:
+        raise RuntimeError(f"{cls.__name__}: add {module!r} to lyco.algos.registry.ALGORITHM_MODULES")
+    if cls.algo in _ALGOS or cls.algo in _ALIASES:
+        raise RuntimeError(f"{cls.__name__}: algorithm name {cls.algo!r} is already registered")
     _ALGOS[cls.algo] = cls
     for a in aliases:
         _ALIASES[a] = cls.algo
-    if detect_order is not None:
-        _DETECT.append((detect_order, cls))
-        _DETECT.sort(key=lambda t: t[0])
     return cls
 
 
@@ -44,13 +63,31 @@ def available() -> list[str]:
     return sorted(set(_ALGOS) | set(_ALIASES))
 
 
+def classes() -> Mapping[str, type["AdapterModule"]]:
+    """Every registered algorithm class by canonical name."""
+    return dict(_ALGOS)
+
+
+def _place(cls: type["AdapterModule"]) -> int:
+    module = cls.__module__.rsplit(".", 1)[-1]
+    return ALGORITHM_MODULES.index(module) if module in ALGORITHM_MODULES else len(ALGORITHM_MODULES)
+
+
 def detection_order() -> list[type["AdapterModule"]]:
-    return [cls for _, cls in _DETECT]
+    return sorted(_ALGOS.values(), key=_place)
 
 
 def detect(tensors) -> type["AdapterModule"] | None:
-    """The algorithm a module's tensors (part name -> tensor) belong to (first match in the spec's order)."""
+    """The algorithm a module's tensors (part name -> tensor) belong to (first match in ALGORITHM_MODULES order)."""
     for cls in detection_order():
         if cls.detect(tensors):
             return cls
     return None
+
+
+def for_layer_kind(kind: str) -> type["AdapterModule"]:
+    """The algorithm lyco uses for layers of ``kind`` that only one algorithm adapts (``"norm"``)."""
+    found = [c for c in detection_order() if c.layer_kinds == frozenset({kind})]
+    if len(found) != 1:
+        raise RuntimeError(f"expected exactly one algorithm dedicated to {kind!r} layers, found {len(found)}")
+    return found[0]

@@ -14,8 +14,7 @@ from typing import Any
 from ..config import AdapterConfig
 from ..errors import ConfigError
 from ..inject import Root
-from ..io.files import read_file
-from ..network import Network, build_network, network_from_tensors
+from ..network import Network, build_network, network_from_tensors, read_adapter
 from .info import ModelInfo, adapter_metadata, model_info, unet_family
 from .naming import te_aliases, te_namer, unet_aliases, unet_namer
 from .pipelines import load_pipeline
@@ -77,8 +76,10 @@ def attach(pipe: Any, config: AdapterConfig | None = None, *, text_encoder: bool
 
 
 def load(pipe: Any, *files: Any, multiplier: float = 1.0, unet_multiplier: float | None = None,
-         te_multiplier: float | None = None, strict: bool = True) -> Network | list[Network]:
-    """Load adapter files onto a pipeline.  Each file is a path or ``(path, multiplier)``.
+         te_multiplier: float | None = None, strict: bool = True, allow_nonfinite: bool = False,
+         ) -> Network | list[Network]:
+    """Load adapter files onto a pipeline.  Each file is a path or ``(path, multiplier)``: a kohya/LyCORIS file, a
+    PEFT adapter folder (``unet/``, ``text_encoder/`` subfolders) or a diffusers-format LoRA file.
 
     ``unet_multiplier`` / ``te_multiplier`` override the strength of every file's UNet / text-encoder part.
     Returns the Network (one file) or a list of Networks (several).
@@ -88,9 +89,10 @@ def load(pipe: Any, *files: Any, multiplier: float = 1.0, unet_multiplier: float
     nets = []
     for item in files:
         path, mult = (item if isinstance(item, (tuple, list)) else (item, multiplier))
-        tensors, meta = read_file(path)
-        net = network_from_tensors(tensors, roots(pipe), multiplier=float(mult), strict=strict, source=str(path),
-                                   metadata=meta)
+        pipe_roots = roots(pipe)
+        tensors, meta = read_adapter(path, pipe_roots)
+        net = network_from_tensors(tensors, pipe_roots, multiplier=float(mult), strict=strict, source=str(path),
+                                   metadata=meta, allow_nonfinite=allow_nonfinite)
         if unet_multiplier is not None:
             net.set_multiplier(unet_multiplier, prefix="lora_unet")
         if te_multiplier is not None:

@@ -1,16 +1,41 @@
-"""Which loaders compute an adapter file exactly (file-format spec §8), as data plus a per-module classifier."""
+"""Which clients load an adapter file and compute it exactly, and how to rewrite a file for one client.
+
+The support matrix is data the algorithm classes carry (``AdapterModule.support``, :mod:`lyco.algos.support`): each
+module of a file reports its features (``cls.file_features``) and a file's verdict for a client is the worst level
+over every feature it uses.  A module no algorithm recognises, or a feature without a row, makes the verdict
+``unknown`` rather than a guess.  ``docs/compatibility.md`` prints the table (:func:`markdown_table`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
 from ..algos import registry
+from ..algos.support import (APPROX, CLIENT_NOTES, CLIENTS, DORA_SUPPORT, ERROR, EXACT, IGNORED, RANK, TESTED_CLIENTS,
+                             UNKNOWN, Support, row, symbol)
+from ..errors import ConfigError, FileFormatError, did_you_mean
 from ..io.files import group_by_module
+from ..network import network_from_tensors
+from .lowrank import factor
 
-CLIENTS = ("ComfyUI", "A1111", "Forge", "InvokeAI", "diffusers", "sd-scripts", "lycoris-lora")
-OK, APPROX, IGNORED, ERROR = "exact", "approximate", "ignored", "error"
-_RANK = {OK: 0, APPROX: 1, IGNORED: 2, ERROR: 3}
+OK = EXACT
+__all__ = ["APPROX", "CLIENTS", "ERROR", "IGNORED", "OK", "UNKNOWN", "Verdict", "features", "group", "matrix",
+           "rewrite_for", "verdicts"]
+
+#: features of a whole file rather than of one algorithm's modules
+FILE_SUPPORT: Mapping[str, Support] = {
+    "sdxl-diffusers-names": row("✔ ≈ ✔ ✔ ✔ ✔ ✘ ✔", "A1111 maps the SDXL up_blocks_0 upsampler to the wrong layer",
+                                lycoris_lora="lycoris.kohya matches names against sd-scripts' LDM-layout SDXL UNet, so "
+                                "diffusers-layout SDXL names match no module"),
+    "unknown-keys": row("✘ ! ✘ ! ! ✘ ! !", "ComfyUI and Forge skip keys they do not know; A1111 aborts the file on an "
+                        "unknown key set in a module it matches, InvokeAI on a name it cannot resolve",
+                        diffusers="diffusers raises on keys it does not convert",
+                        lycoris_lora="lycoris-lora 4.1.3 raises on a module whose name matches a layer but whose keys "
+                        "no algorithm knows", PEFT="`lyco convert --to peft` converts lora, loha and lokr modules "
+                        "only"),
+}
 
 
 @dataclass(frozen=True)
@@ -19,108 +44,145 @@ class Verdict:
     reason: str = ""
 
 
-def _row(*levels: str) -> dict[str, str]:
-    return dict(zip(CLIENTS, levels))
-
-
-# feature -> client -> level (spec §8 support matrix)
-MATRIX: dict[str, dict[str, str]] = {
-    "lora": _row(OK, OK, OK, OK, OK, OK, OK),
-    "locon-tucker": _row(OK, OK, OK, OK, ERROR, IGNORED, OK),
-    "loha": _row(OK, OK, OK, OK, ERROR, IGNORED, OK),
-    "lokr": _row(OK, OK, OK, OK, ERROR, IGNORED, OK),
-    "lokr-tucker-conv": _row(ERROR, OK, ERROR, OK, ERROR, IGNORED, ERROR),
-    "dora-in": _row(OK, OK, OK, OK, APPROX, IGNORED, OK),
-    "dora-in-not-lora": _row(OK, OK, OK, ERROR, APPROX, IGNORED, OK),
-    "dora-out": _row(APPROX, APPROX, APPROX, APPROX, APPROX, IGNORED, OK),
-    "dora-1d": _row(ERROR, ERROR, ERROR, ERROR, APPROX, IGNORED, OK),
-    "diag-oft": _row(OK, OK, IGNORED, ERROR, ERROR, IGNORED, OK),
-    "diag-oft-constraint": _row(APPROX, OK, IGNORED, ERROR, ERROR, IGNORED, OK),
-    "diag-oft-rescale": _row(APPROX, OK, IGNORED, ERROR, ERROR, IGNORED, OK),
-    "boft": _row(OK, OK, IGNORED, ERROR, ERROR, IGNORED, OK),
-    "glora": _row(OK, ERROR, OK, ERROR, ERROR, IGNORED, OK),
-    "ia3": _row(IGNORED, OK, IGNORED, OK, ERROR, IGNORED, ERROR),
-    "full": _row(OK, OK, OK, OK, ERROR, IGNORED, OK),
-    "norm": _row(OK, OK, OK, OK, ERROR, IGNORED, OK),
-    "norm-te": _row(IGNORED, OK, OK, OK, ERROR, IGNORED, OK),
-    "sdxl-diffusers-names": _row(OK, APPROX, OK, OK, OK, OK, OK),
-}
-REASONS = {
-    "locon-tucker": "diffusers' load_lora_weights rejects lora_mid keys; sd-scripts' own loader ignores them",
-    "loha": "diffusers and sd-scripts' own loader have no LoHa",
-    "lokr": "diffusers and sd-scripts' own loader have no LoKr",
-    "lokr-tucker-conv": "ComfyUI/Forge skip LoKr layers with lokr_t2 on convs; lycoris-lora 4.1.3 reads the rank wrongly",
-    "dora-in": "diffusers drops dora_scale (magnitude lost)",
-    "dora-in-not-lora": "InvokeAI applies DoRA to LoRA only and raises on LoHa/LoKr + DoRA",
-    "dora-out": "UIs apply output-axis dora_scale with the input-axis convention (ComfyUI ≈26%, A1111 ≈36%, InvokeAI ≈82% error)",
-    "dora-1d": "1-D dora_scale hits a broadcast bug in the UIs",
-    "diag-oft": "OFT loads only in ComfyUI and A1111; InvokeAI rejects the whole file",
-    "diag-oft-constraint": "ComfyUI compares ‖Q‖ with α instead of α·O",
-    "diag-oft-rescale": "ComfyUI ignores rescale for diag-OFT",
-    "boft": "BOFT loads only in ComfyUI and A1111",
-    "glora": "A1111 errors per GLoRA layer; InvokeAI rejects the whole file",
-    "ia3": "(IA)³ loads in A1111 and InvokeAI only; ComfyUI warns 'lora key not loaded'",
-    "full": "diffusers has no full-diff loader",
-    "norm": "diffusers has no norm adapters",
-    "norm-te": "ComfyUI has no kohya names for text-encoder norms",
-    "sdxl-diffusers-names": "A1111 maps the SDXL up_blocks_0 upsampler to the wrong layer",
-}
+def matrix() -> dict[str, Support]:
+    """Every feature's support row: DoRA, whole-file features and each registered algorithm's own rows."""
+    out: dict[str, Support] = {**DORA_SUPPORT, **FILE_SUPPORT}
+    for cls in registry.detection_order():
+        for feature, support in cls.support.items():
+            if feature in out and out[feature] is not support:
+                raise RuntimeError(f"support feature {feature!r} is declared twice ({cls.__name__})")
+            out[feature] = support
+    return out
 
 
 def features(name: str, parts: dict[str, torch.Tensor]) -> list[str]:
-    """The support-matrix features one module uses."""
+    """The support-matrix features one module uses (``unknown-keys`` when no algorithm recognises it)."""
     cls = registry.detect(parts)
     if cls is None:
-        return []
-    algo = cls.algo
-    out: list[str] = []
-    if algo == "lora":
-        out.append("locon-tucker" if "lora_mid.weight" in parts else "lora")
-    elif algo == "lokr":
-        conv_tucker = "lokr_t2" in parts
-        out.append("lokr-tucker-conv" if conv_tucker else "lokr")
-    elif algo == "diag-oft":
-        out.append("diag-oft")
-        if "alpha" in parts and float(parts["alpha"].float()) > 0:
-            out.append("diag-oft-constraint")
-        if "rescale" in parts:
-            out.append("diag-oft-rescale")
-    elif algo == "boft":
-        out.append("boft")
-    elif algo == "norm":
-        out.append("norm-te" if name.startswith("lora_te") else "norm")
-    else:
-        out.append(algo)
-    if "dora_scale" in parts:
-        ds = parts["dora_scale"]
-        if ds.dim() == 1:
-            out.append("dora-1d")
-        elif ds.shape[0] == 1 and ds.dim() >= 2 and ds.shape[1] > 1:
-            out.append("dora-in" if algo == "lora" else "dora-in-not-lora")
-        else:
-            out.append("dora-out")
-    return out
+        return ["unknown-keys"]
+    try:
+        return cls.file_features(name, parts)
+    except (KeyError, IndexError, ValueError, RuntimeError, TypeError):  # malformed tensors: nothing to promise
+        return [f"malformed-{cls.algo}"]
+
+
+def used_features(groups: dict[str, dict[str, torch.Tensor]], sdxl_diffusers_names: bool = False) -> dict[str, int]:
+    """Feature -> number of modules using it (whole-file features count 1)."""
+    used: dict[str, int] = {}
+    for name in sorted(groups):
+        for f in features(name, groups[name]):
+            used[f] = used.get(f, 0) + 1
+    if sdxl_diffusers_names:
+        used["sdxl-diffusers-names"] = 1
+    return used
 
 
 def verdicts(groups: dict[str, dict[str, torch.Tensor]], sdxl_diffusers_names: bool = False) -> dict[str, Verdict]:
     """Per client: the worst level over every module's features, with the reasons."""
-    used: dict[str, int] = {}
-    for name, parts in groups.items():
-        for f in features(name, parts):
-            used[f] = used.get(f, 0) + 1
-    if sdxl_diffusers_names:
-        used["sdxl-diffusers-names"] = 1
+    used = used_features(groups, sdxl_diffusers_names)
+    table = matrix()
     out = {}
     for client in CLIENTS:
-        level, reasons = OK, []
-        for f, n in used.items():
-            lv = MATRIX[f][client]
-            if lv != OK:
-                reasons.append(f"{f} ({n} modules): {REASONS.get(f, lv)}")
-            if _RANK[lv] > _RANK[level]:
+        level, reasons = EXACT, []
+        for f, n in sorted(used.items()):
+            support = table.get(f)
+            lv = support.level(client) if support else UNKNOWN
+            if lv != EXACT:
+                why = support.why(client) if support else "lyco has no support data for it"
+                reasons.append(f"{f} ({n} modules): {why or lv}")
+            if RANK[lv] > RANK[level]:
                 level = lv
         out[client] = Verdict(level, "; ".join(reasons))
     return out
+
+
+def client_name(name: str) -> str:
+    """A client of the matrix from a loose spelling (``lycoris``, ``comfyui``, ``peft`` ...)."""
+    key = name.lower().replace("_", "-")
+    for c in CLIENTS:
+        if key in (c.lower(), c.lower().split("-")[0]):
+            return c
+    raise ConfigError(f"unknown client {name!r}{did_you_mean(name, CLIENTS)}; valid: {', '.join(CLIENTS)}")
+
+
+def _exact_for(client: str, feats: list[str]) -> bool:
+    table = matrix()
+    return all(f in table and table[f].level(client) == EXACT for f in feats)
+
+
+def rewrite_for(tensors: dict[str, torch.Tensor], client: str, base_roots=None, dora_rank: int | None = None,
+                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rewrite every module ``client`` does not compute exactly into one it does (returns tensors, report lines).
+
+    Exact rewrites from the file alone come first (an algorithm's ``portable_parts``); otherwise the module's exact
+    ΔW is computed from the base model (``base_roots``) and written as a ``full`` diff, or as a LoRA of rank
+    ``dora_rank`` (reported with its error) when the client has no full-diff loader or ``dora_rank`` is given."""
+    client = client_name(client)
+    out: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+    needs_base: dict[str, str] = {}
+    for name, parts in group_by_module(tensors).items():
+        feats = features(name, parts)
+        cls = registry.detect(parts)
+        if _exact_for(client, feats) or cls is None:
+            out.update({f"{name}.{k}": v for k, v in parts.items()})
+            if cls is None:
+                notes.append(f"{name}: unrecognised keys kept as they are ({', '.join(sorted(parts))})")
+            continue
+        portable = cls.portable_parts(parts)
+        if portable is not None and _exact_for(client, cls.file_features(name, portable)):
+            out.update({f"{name}.{k}": v for k, v in portable.items()})
+            notes.append(f"{name}: {', '.join(feats)} rewritten exactly from the file")
+            continue
+        needs_base[name] = ", ".join(f for f in feats if not _exact_for(client, [f]))
+    if needs_base:
+        out.update(_rewrite_with_base(tensors, needs_base, client, base_roots, dora_rank, notes))
+    return out, notes
+
+
+def _rewrite_with_base(tensors, needs: dict[str, str], client: str, base_roots, dora_rank: int | None,
+                       notes: list[str]) -> dict[str, torch.Tensor]:
+    if base_roots is None:
+        raise FileFormatError(f"these modules need the base model to be rewritten exactly for {client} (pass --base): "
+                              + "; ".join(f"{n}: {why}" for n, why in list(needs.items())[:8]))
+    as_lora = dora_rank is not None or not _exact_for(client, ["full"])
+    if as_lora and not (dora_rank and _exact_for(client, ["lora"])):
+        raise FileFormatError(f"{client} has no exact loader for {', '.join(sorted(set(needs.values())))}; pass "
+                              "--dora-rank N to approximate those modules by a LoRA of rank N")
+    sub = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in needs}
+    net = network_from_tensors(sub, base_roots, source="rewrite")
+    out: dict[str, torch.Tensor] = {}
+    try:
+        for name, site in net._sites.items():
+            raw = site.wrapper.raw_layer()
+            with torch.no_grad():
+                W2, _ = site.wrapper.adapter.adapted_weight(raw.weight, getattr(raw, "bias", None), 1.0)
+            delta = W2.float() - raw.weight.float()
+            if as_lora:
+                f = factor(delta, "fixed", dora_rank, svd="full")
+                out.update(f.locon_tensors(name, tuple(delta.shape)))
+                notes.append(f"{name}: {needs[name]} -> LoRA rank {f.rank}, relative error {f.rel_error:.3e}")
+            else:
+                out[f"{name}.diff"] = delta
+                notes.append(f"{name}: {needs[name]} -> exact full diff")
+    finally:
+        net.detach()
+    return out
+
+
+def markdown_table() -> str:
+    """The support matrix as docs/compatibility.md shows it: the table, what each column means, and why."""
+    table = matrix()
+    head = "| feature | " + " | ".join(CLIENTS) + " |\n|---|" + "---|" * len(CLIENTS) + "\n"
+    rows = [f"| `{f}` | " + " | ".join(symbol(s.level(c)) for c in CLIENTS) + " |" for f, s in sorted(table.items())]
+    columns = [f"- **{c}**: {CLIENT_NOTES[c]}" + (" — checked by `tests/test_compat_claims.py`" if c in TESTED_CLIENTS
+                                                   else "") for c in CLIENTS if c in CLIENT_NOTES]
+    why = []
+    for f, s in sorted(table.items()):
+        extra = "".join(f" {c}: {n}." for c, n in s.notes.items())
+        if s.reason or extra:
+            why.append(f"- `{f}`: {s.reason}{'.' if s.reason else ''}{extra}")
+    return head + "\n".join(rows) + "\n\n" + "\n".join(columns) + "\n\n" + "\n".join(why) + "\n"
 
 
 group = group_by_module

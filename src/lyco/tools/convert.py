@@ -25,7 +25,7 @@ from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file
 from ..network import network_from_tensors, resolve_names
 from .args import add_common, add_option
-from .compat import group
+from .compat import group, rewrite_for
 from .lowrank import factor
 from .outputs import check_output, staged_folder
 
@@ -338,6 +338,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--base", help="base model (needed to map names to module paths, and for exact ui-safe rewrites)")
     add_option(ap, "--dora-rank", type=int,
                help="ui-safe: approximate output-axis DoRA by a LoRA of this rank instead of a full diff")
+    ap.add_argument("--for", dest="client", help="ui-safe: rewrite for one client instead of every UI (e.g. "
+                    "lycoris-lora, ComfyUI, InvokeAI; see docs/compatibility.md)")
     add_common(ap, unmatched=False)
     return ap
 
@@ -348,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                  suggest=Path(a.input).with_suffix(".safetensors").name)
     if a.dora_rank is not None and a.dora_rank < 1:
         raise ConfigError(f"--dora-rank {a.dora_rank}: must be at least 1")
+    if a.client and a.to != "ui-safe":
+        raise ConfigError("--for goes with --to ui-safe")
     roots = _roots_for(a.base)
     if a.to in ("peft", "diffusers", "kohya") and roots is None:
         raise ConfigError(f"--to {a.to} needs --base (module names map to module paths through the model)")
@@ -365,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         elif a.to == "diffusers":
             write_file(a.output, kohya_to_diffusers(tensors, roots), carried_metadata(meta))
         else:
-            out, notes = ui_safe(tensors, roots, a.dora_rank)
+            out, notes = (rewrite_for(tensors, a.client, roots, a.dora_rank) if a.client
+                          else ui_safe(tensors, roots, a.dora_rank))
             for n in notes:
                 print(n)
             _write_kohya(a.output, out, meta)
