@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import StateError
 from .backbones import Backbone, load_clip, load_dino, load_vgg, resolve_device, resolve_weights
 from .config import EvalConfig
