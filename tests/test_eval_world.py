@@ -15,13 +15,12 @@ import pytest
 
 def _world_ready() -> str:
     try:
-        from lyco.world.backbones import BUILTIN_BACKBONES
-        from lyco.world.model import tiny_model_path
-        tiny_model_path()
+        from lyco import builtin
+        for b in builtin.BUILTINS.values():
+            builtin.resolve(b.id, b.kind)
     except Exception as exc:                                         # noqa: BLE001 - any missing piece skips
         return f"micro-world not ready: {exc}"
-    missing = [k for k, p in BUILTIN_BACKBONES.items() if not Path(p).is_dir()]
-    return f"micro-world backbones missing: {missing}" if missing else ""
+    return ""
 
 
 REASON = _world_ready()

@@ -11,12 +11,8 @@ import torch
 
 from lyco.world import checks as K
 from lyco.world.concepts import CONCEPTS
-from lyco.world.model import (
-    ModelNotFoundError,
-    load_pipeline,
-    resolve_model,
-    tiny_model_path,
-)
+from lyco import builtin
+from lyco.world.model import load_pipeline, tiny_model_path
 from lyco.world.sampling import generate
 
 #: (shape, colour, background) prompts covering every base shape, colour and plain background
@@ -65,9 +61,9 @@ def test_loads_offline_with_plain_diffusers(monkeypatch):
     assert p.unet.dtype == torch.float32 and p.text_encoder.dtype == torch.float32
     assert p.vae.config.scaling_factor != 0.18215  # measured from the latents
     assert _folder_mb(path) <= 25.0
-    assert resolve_model("builtin:tiny") == path
-    with pytest.raises(ModelNotFoundError, match="builtin:tiny"):
-        resolve_model("builtin:tinyy")
+    assert builtin.resolve("builtin:tiny") == path
+    with pytest.raises(builtin.ModelNotFoundError, match="builtin:tiny"):
+        builtin.resolve("builtin:tinyy")
 
 
 def test_lyco_sd_loader_reports_sd_architecture():

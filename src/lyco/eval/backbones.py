@@ -18,9 +18,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..errors import ConfigError, FileFormatError, LycoError
+from .. import builtin
+from ..errors import ConfigError, FileFormatError
 from ..world.backbones import STYLE_TAPS as VGG_TAPS
-from ..world.backbones import resolve_backbone, vgg_plan
+from ..world.backbones import load_vgg as world_load_vgg
+from ..world.backbones import vgg_plan
 
 log = logging.getLogger("lyco")
 
@@ -89,12 +91,12 @@ def fingerprint(module: nn.Module, *extra: object) -> str:
     return h.hexdigest()[:16]
 
 
-def builtin_path(kind: str) -> Path:
-    """The micro-world's tiny backbone folder for ``kind`` (dino, clip, vgg)."""
+def builtin_path(kind: str, name: str = "") -> Path:
+    """The micro-world's tiny backbone folder for ``kind`` (dino, clip, vgg); ``name``: the ``builtin:`` id given."""
     try:
-        return Path(resolve_backbone(f"builtin:{kind}", kind))
-    except LycoError as exc:
-        raise ConfigError(f"backbones.{kind} = 'builtin': {exc}; or give a local weights path") from None
+        return builtin.resolve(name or builtin.PREFIX + kind, kind)
+    except builtin.BuiltinNotFoundError as exc:
+        raise ConfigError(f"backbones.{kind} = {name or 'builtin'!r}: {exc}; or give a local weights path") from None
 
 
 def _preprocessor(folder: Path) -> dict[str, Any]:
@@ -286,8 +288,8 @@ def resolve_device(spec: str) -> torch.device:
 
 def resolve_weights(kind: str, path: str | Path) -> Path:
     """``builtin`` / ``builtin:<kind>`` → the micro-world's folder; else the path, which must exist."""
-    if str(path) in ("builtin", f"builtin:{kind}"):
-        return builtin_path(kind)
+    if str(path) == "builtin" or builtin.is_builtin(path):
+        return builtin_path(kind, "" if str(path) == "builtin" else str(path))
     p = Path(path)
     if not p.exists():
         what = {"dino": "a transformers folder", "clip": "a transformers or open_clip folder",
@@ -361,7 +363,6 @@ def load_vgg(path: str | Path, *, taps: str = "relu", image_size: int | None = N
     """A VGG-19 from a torchvision-format state dict (``vgg19-dcbb9e9d.pth``, a ``.safetensors``, or a folder with
     ``model.safetensors`` + ``config.json``); channel widths are read from the weights.  ``image_size`` None:
     ``config.json``'s ``image_size``, else 224."""
-    from ..world.backbones import load_vgg as world_load_vgg
     p = resolve_weights("vgg", path)
     try:
         net = world_load_vgg(p)

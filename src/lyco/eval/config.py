@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
+from .. import builtin
 from ..errors import ConfigError, did_you_mean
 from ..validation import format_validation_error
 from .metrics import DEFAULT_METRICS, REGISTRY
@@ -227,11 +228,16 @@ class EvalConfig(_Model):
 
     def path(self, p: str | os.PathLike) -> Path:
         """A config path resolved against :attr:`root` (``builtin:*`` and absolute paths unchanged)."""
-        s = str(p)
-        if s.startswith("builtin:"):
+        s = os.fspath(p)
+        if builtin.is_builtin(s):
             return Path(s)
         q = Path(s).expanduser()
         return q if q.is_absolute() else Path(self.root) / q
+
+    def backbone_path(self, kind: str) -> str:
+        """``backbones.<kind>``: ``builtin`` and ``builtin:`` ids unchanged, else resolved against :attr:`root`."""
+        p = getattr(self.backbones, kind)
+        return p if p == "builtin" else str(self.path(p))
 
     @property
     def out_dir(self) -> Path:

@@ -92,7 +92,7 @@ def variants_of(cfg: EvalConfig) -> list[Variant]:
 
 
 def _base_path(cfg: EvalConfig) -> str:
-    return cfg.base if cfg.base.startswith("builtin:") else str(cfg.path(cfg.base))
+    return str(cfg.path(cfg.base))
 
 
 def native_resolution(model: str) -> int:
@@ -214,8 +214,7 @@ def _encoders(feature: str, cfg: EvalConfig) -> list[str]:
 def check_backbones(cfg: EvalConfig, plan: Plan) -> None:
     """Every backbone the metrics need has local weights (raises a ConfigError naming the key otherwise)."""
     for kind in sorted({t.kind for t in metric_tasks(cfg, plan)}):
-        path = getattr(cfg.backbones, kind)
-        resolve_weights(kind, path if str(path).startswith("builtin") else cfg.path(path))
+        resolve_weights(kind, cfg.backbone_path(kind))
 
 
 class Backbones:
@@ -228,8 +227,7 @@ class Backbones:
     def get(self, kind: str) -> Any:
         if kind not in self._loaded:
             b = self.cfg.backbones
-            path = getattr(b, kind)
-            path = path if path == "builtin" else str(self.cfg.path(path))
+            path = self.cfg.backbone_path(kind)
             kw = dict(device=self.device, dtype=b.dtype)
             if kind == "dino":
                 self._loaded[kind] = load_dino(path, image_size=b.image_size, **kw)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import builtin
 from ..errors import FileFormatError
 
 log = logging.getLogger("lyco")
@@ -15,11 +16,10 @@ SINGLE_FILE_EXT = {".safetensors", ".ckpt", ".pt", ".pth"}
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
-    """``builtin:tiny`` -> the shipped micro-world model; anything else is a local path."""
-    s = str(model)
-    if s.startswith("builtin:"):
-        from ..world.model import resolve_model  # the micro-world ships the built-in models
-        return resolve_model(s)
+    """``builtin:tiny`` -> the shipped model folder (:mod:`lyco.builtin`); anything else must be a local path."""
+    s = os.fspath(model)
+    if builtin.is_builtin(s):
+        return builtin.resolve(s, "model")
     p = Path(s).expanduser()
     if not p.exists():
         raise FileFormatError(f"{p}: no such file or folder (lyco loads models offline: a diffusers folder, a "

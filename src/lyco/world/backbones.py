@@ -19,11 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import FileFormatError, LycoError, did_you_mean
-from .model import BUILTIN_PREFIX, DATA_DIR
-
-BACKBONE_DIR = DATA_DIR / "backbones"
-BUILTIN_BACKBONES = {"clip": BACKBONE_DIR / "clip", "dino": BACKBONE_DIR / "dino", "vgg": BACKBONE_DIR / "vgg"}
+from .. import builtin
+from ..builtin import BackboneNotFoundError
+from ..errors import FileFormatError
 
 #: torchvision's VGG-19 ("E") layer plan: channel counts and "M" for max-pool
 VGG19_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
@@ -33,24 +31,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneNotFoundError(LycoError, FileNotFoundError):
-    """A backbone id or folder does not exist."""
-
-
 def resolve_backbone(name_or_path: str | os.PathLike[str], kind: str) -> str:
-    """``builtin:clip`` / ``builtin:dino`` / ``builtin:vgg`` -> shipped folder; anything else unchanged."""
+    """``builtin:clip`` / ``builtin:dino`` / ``builtin:vgg`` -> the shipped folder (:func:`lyco.builtin.resolve`);
+    anything else (a folder, a file, a hub id) unchanged."""
     text = os.fspath(name_or_path)
-    if not text.startswith(BUILTIN_PREFIX):
-        return text
-    name = text[len(BUILTIN_PREFIX):]
-    if name not in BUILTIN_BACKBONES:
-        raise BackboneNotFoundError(f"unknown built-in backbone {text!r}{did_you_mean(name, BUILTIN_BACKBONES)}")
-    if name != kind:
-        raise BackboneNotFoundError(f"{text!r} is a {name} backbone, not a {kind} one")
-    path = BUILTIN_BACKBONES[name]
-    if not path.is_dir():
-        raise BackboneNotFoundError(f"built-in backbone {text!r} is missing at {path}; run scripts/train_backbones.py")
-    return str(path)
+    return str(builtin.resolve(text, kind)) if builtin.is_builtin(text) else text
 
 
 def load_clip(name_or_path: str = "builtin:clip") -> tuple[Any, Any]:

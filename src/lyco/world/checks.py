@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..builtin import DATA_DIR
 from ..errors import LycoError
 from . import render as R
 from .concepts import CONCEPTS, Concept, PromptSpec, get_concept
-from .model import DATA_DIR
 
 CLASSIFIER_PATH = DATA_DIR / "world" / "classifier.safetensors"
 
