@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from lyco import builtin
 from lyco.world import checks as K
 from lyco.world.concepts import CONCEPTS
-from lyco import builtin
 from lyco.world.model import load_pipeline, tiny_model_path
 from lyco.world.sampling import generate
 
