@@ -100,7 +100,7 @@ def test_bad_images_are_skipped_and_listed_or_converted(tmp_path):
     assert "empty.png" in summary and "converted" in summary and "3 skipped" in summary
     conv = scan.subsets[0].converted
     assert conv.get("alpha composited") == 1 and conv.get("16-bit to 8-bit") == 1 and conv.get("CMYK to RGB") == 1
-    from lyco.train.data import load_rgb
+    from lyco.io.images import load_rgb
     im, _ = load_rgb(tmp_path / "s" / "alpha.png", (0, 255, 0))
     assert im.getpixel((0, 0)) == (0, 255, 0)
 

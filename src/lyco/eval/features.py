@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..train.data import load_rgb
+from ..io.images import load_rgb
 from .backbones import Backbone
 
 log = logging.getLogger("lyco")

@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 from .. import sd
 from ..config import AdapterConfig
 from ..errors import StateError, TrainingError
+from ..io.images import load_rgb
 from . import checkpoint as ckpt
 from .buckets import Batch, assign, bucket_table, crop_box, make_buckets, plan_epoch
 from .config import TrainConfig
-from .data import DatasetScan, ImageItem, load_rgb, process_caption, scan_dataset
+from .data import DatasetScan, ImageItem, process_caption, scan_dataset
 from .family import encode, loss_fn, sdxl_time_ids, unet_kwargs
 from .optim import build_optimizer, build_scheduler, param_groups
 from .sample import parse_prompt, sample_and_save
