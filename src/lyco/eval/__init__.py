@@ -7,6 +7,7 @@ features, compute fidelity / controllability / diversity / preservation metrics,
 Command line: ``lyco eval CONFIG.toml``.  Metric functions: :mod:`lyco.eval.metrics.functional`.
 """
 from .config import EvalConfig, load_config
-from .runner import Outcome, evaluate
+from .plan import Outcome, Plan
+from .runner import evaluate
 
-__all__ = ["EvalConfig", "Outcome", "evaluate", "load_config"]
+__all__ = ["EvalConfig", "Outcome", "Plan", "evaluate", "load_config"]

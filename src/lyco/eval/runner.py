@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -25,51 +25,16 @@ from .features import FeatureCache, extract, file_sha256
 from .generate import (ImageJob, Variant, adapter_identity, job_key, model_identity, run_generation, settings_dict,
                        windows)
 from .metrics import Metric, get_metric, higher_is_better
+from .plan import Outcome, Plan
 from .prompts import Leaf, build_leaves
 from .rank import Row, aggregate, rank_normalize
+from .report import write_outputs
 from .textproc import build_processor
 
 log = logging.getLogger("lyco")
 
 GEN_MODE = "resize"        # generated (square) images: plain resize
 VGG_MODE = "short_side"
-
-
-@dataclass
-class Plan:
-    leaves: list[Leaf]
-    variants: list[Variant]
-    #: (variant, leaf id, prompt type) -> jobs in k order
-    sets: dict[tuple[str, str, str], list[ImageJob]]
-    size: tuple[int, int]
-    settings: dict[str, Any]
-
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
-
-    def leaves_of(self, v: Variant) -> list[Leaf]:
-        if v.is_base or v.concepts is None:
-            return list(self.leaves)
-        return [leaf for leaf in self.leaves if any(leaf.matches(s) for s in v.concepts)]
-
-    def unique_jobs(self) -> list[ImageJob]:
-        seen: dict[str, ImageJob] = {}
-        for jobs in self.sets.values():
-            for j in jobs:
-                seen.setdefault(j.key, j)
-        return list(seen.values())
-
-
-@dataclass
-class Outcome:
-    """What a run produced (on the main process)."""
-
-    rows: list[Row]
-    aggregates: list[Row]
-    plan: Plan
-    out_dir: Path
-    files: dict[str, Path] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -422,7 +387,6 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, report: bool = True) -> 
     outcome = Outcome(rows, aggregate(rows), plan, cfg.out_dir,
                       manifest=manifest(cfg, plan, backbones.ids(), world))
     if report:
-        from .report import write_outputs
         outcome.files = write_outputs(cfg, outcome)
     return outcome
 
