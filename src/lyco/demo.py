@@ -8,11 +8,17 @@ import logging
 import os
 import tempfile
 import time
+from importlib.resources import files
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from . import attach, load
+from . import attach, load, sd
+from .train.config import load_config
+from .world.checks import concept_scores
+from .world.sampling import generate
 
 VARIANTS = [
     ("lora", dict(algo="lora", dim=8, alpha=8.0)),
@@ -93,18 +99,11 @@ def run(steps: int = 150, lr: float = 3e-3, out_dir: str | None = None) -> list[
 
 def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16) -> dict:
     """Make the 'olis' concept dataset, train builtin:tiny on it with LoRA, and measure the concept before/after."""
-    from importlib.resources import files
-    from pathlib import Path
-
-    import numpy as np
+    # imported here: they need the sd extra (Pillow), the toy demo does not
     from PIL import Image
 
-    from . import sd
-    from .train.config import load_config
     from .train.loop import train
-    from .world.checks import concept_scores
     from .world.dataset import write_dataset
-    from .world.sampling import generate
 
     out = Path(out_dir).resolve()
     data = out / "data" / "olis"

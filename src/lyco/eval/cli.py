@@ -11,6 +11,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from .config import load_config
+from .runner import build_plan, evaluate
+
 log = logging.getLogger("lyco")
 
 
@@ -29,9 +32,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from .config import load_config
-    from .runner import build_plan, evaluate
-
     # command-line paths are relative to the working directory, config paths to the config file
     overrides = {k: str(Path(v).resolve()) for k, v in (("out", args.out), ("cache", args.cache)) if v is not None}
     cfg = load_config(args.config, overrides)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from .. import builtin
 from ..errors import ConfigError, did_you_mean
 from ..validation import format_validation_error
-from .metrics import DEFAULT_METRICS, REGISTRY
+from .metrics import DEFAULT_METRICS, PROMPT_TYPES, REGISTRY
 
 PromptSource = Union[str, list[str], None]
 
@@ -81,7 +81,6 @@ class Generation(_Model):
     @field_validator("images_per_type")
     @classmethod
     def _types(cls, v: dict[str, int]) -> dict[str, int]:
-        from .metrics import PROMPT_TYPES
         for k, n in v.items():
             if k not in PROMPT_TYPES:
                 raise ValueError(f"unknown prompt type {k!r}{did_you_mean(k, PROMPT_TYPES)}; "

@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
+from ..io.atomic import write_atomic
 from .config import EvalConfig
-from .features import atomic_write
 from .metrics import PROMPT_TYPE_LABELS, PROMPT_TYPES, get_metric
 from .plan import Outcome
 from .plots import paper_axes, scatter_png
@@ -68,7 +68,7 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
         d = r.as_dict()
         d["value"], d["score"] = _num(r.value), _num(r.score)
         w.writerow(d)
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    write_atomic(path, buf.getvalue())
 
 
 def read_csv(path: Path) -> list[Row]:
@@ -83,7 +83,7 @@ def _json_num(v: float) -> float | None:
 def write_json(rows: Sequence[Row], manifest: dict[str, Any], path: Path) -> None:
     data = {"manifest": manifest,
             "rows": [{**r.as_dict(), "value": _json_num(r.value), "score": _json_num(r.score)} for r in rows]}
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=False).encode("utf-8")))
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=False))
 
 
 # ------------------------------------------------------------------------------------------------- HTML parts
@@ -286,7 +286,7 @@ def write_outputs(cfg: EvalConfig, outcome: Outcome) -> dict[str, Path]:
     all_rows = list(outcome.rows) + list(outcome.aggregates)
     write_csv(all_rows, files["csv"])
     write_json(all_rows, outcome.manifest, files["json"])
-    atomic_write(files["manifest"], lambda f: f.write(json.dumps(outcome.manifest, indent=1).encode("utf-8")))
-    atomic_write(files["html"], lambda f: f.write(render_html(cfg, outcome).encode("utf-8")))
+    write_atomic(files["manifest"], json.dumps(outcome.manifest, indent=1))
+    write_atomic(files["html"], render_html(cfg, outcome))
     log.info("report: %s", files["html"])
     return files

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..sd import load_pipeline, model_info
+from ..sd.pipelines import resolve_model_path
 from ..errors import StateError
 from .backbones import Backbone, load_clip, load_dino, load_vgg, resolve_device, resolve_weights
 from .config import EvalConfig
@@ -62,14 +64,12 @@ def _base_path(cfg: EvalConfig) -> str:
 
 def native_resolution(model: str) -> int:
     """The model's native image side, from its folder configs when possible (no weights loaded)."""
-    from ..sd.pipelines import resolve_model_path
     p = resolve_model_path(model)
     unet_cfg, vae_cfg = p / "unet" / "config.json", p / "vae" / "config.json"
     if p.is_dir() and unet_cfg.is_file() and vae_cfg.is_file():
         sample = int(json.loads(unet_cfg.read_text())["sample_size"])
         levels = len(json.loads(vae_cfg.read_text())["block_out_channels"])
         return sample * 2 ** (levels - 1)
-    from ..sd import load_pipeline, model_info
     return int(model_info(load_pipeline(model)).resolution)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from .. import builtin
 from ..errors import FileFormatError
+from .single_file import load_single_file
+from .tokenizers import resolve_tokenizer
 
 log = logging.getLogger("lyco")
 
@@ -36,7 +38,6 @@ def load_pipeline(model: str | os.PathLike, *, family: str | None = None, predic
                             prediction_type=prediction_type)
     if p.suffix.lower() not in SINGLE_FILE_EXT:
         raise FileFormatError(f"{p}: unknown model file type {p.suffix!r}; expected .safetensors or .ckpt")
-    from .single_file import load_single_file
     return load_single_file(p, family=family, prediction_type=prediction_type, tokenizer=tokenizer,
                             tokenizer_2=tokenizer_2, torch_dtype=torch_dtype)
 
@@ -63,7 +64,6 @@ def _load_folder(p: Path, *, tokenizer: Any, tokenizer_2: Any, torch_dtype: Any,
         elif given is not None:
             kw[name] = _tokenizer_from(given)
         elif not (p / name / "vocab.json").is_file() and not (p / name / "tokenizer.json").is_file():
-            from .tokenizers import resolve_tokenizer
             kw[name] = resolve_tokenizer("sdxl" if xl else "sd1", which=2 if name == "tokenizer_2" else 1)
     try:
         pipe = cls.from_pretrained(str(p), **kw)

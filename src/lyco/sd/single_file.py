@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from ..builtin import DATA_DIR
 from ..errors import ConfigError, FileFormatError
+from ..io.atomic import atomic_path
 from ..io.checkpoint import read_checkpoint
 from .ldm_convert import (TEXT_PREFIXES, build_text_encoder, build_unet, build_vae, infer_pipeline_family,
                           to_ldm_state_dict)
@@ -279,24 +280,6 @@ def _prepare(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None, target
     return out
 
 
-def _atomic_save(target: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write through a temporary file in the target folder and rename it into place (streamed, no extra copy)."""
-    from safetensors.torch import save_file
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_single_file(pipe: Any, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
                      metadata: dict[str, str] | None = None, *, family: str | None = None,
                      overwrite: bool = False) -> Path:
@@ -323,7 +306,8 @@ def save_single_file(pipe: Any, path: str | os.PathLike, dtype: torch.dtype | st
     tensors = to_ldm_state_dict(pipe, fam)
     if pt == "v_prediction":
         tensors["v_pred"] = torch.zeros(0)
-    _atomic_save(target, _prepare(tensors, _resolve_dtype(dtype, None), target),
-                 {**_default_metadata(fam, pt), **meta})
+    prepared = _prepare(tensors, _resolve_dtype(dtype, None), target)
+    with atomic_path(target) as tmp:       # streamed by safetensors into a temp file, renamed into place
+        save_file(prepared, str(tmp), metadata={**_default_metadata(fam, pt), **meta})
     log.info("saved %s single file %s (%d tensors)", fam, target, len(tensors))
     return target

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .. import sd
 from ..errors import ConfigError
 from ..network import Network, network_from_tensors
 from .lowrank import factor
@@ -52,7 +53,6 @@ def _check_output(out: str | os.PathLike, inputs: list[str]) -> None:
 def merge_into_pipeline(pipe: Any, adapters: list[tuple[str, float]], *, unet_weight: float = 1.0,
                         te_weight: float = 1.0) -> list[Network]:
     """Bake adapters into ``pipe`` in order (each at weight·unet_weight / weight·te_weight)."""
-    from .. import sd
     nets = []
     for path, w in tqdm(adapters, desc="merge", disable=len(adapters) < 2):
         net = sd.load(pipe, path, multiplier=w)
@@ -65,15 +65,13 @@ def merge_into_pipeline(pipe: Any, adapters: list[tuple[str, float]], *, unet_we
 
 def merge_into_checkpoint(base: str, adapters: list[tuple[str, float]], out: str, *, unet_weight: float = 1.0,
                           te_weight: float = 1.0, dtype: str | None = None) -> str:
-    from .. import sd
     _check_output(out, [base] + [p for p, _ in adapters])
     single = Path(out).suffix.lower() == ".safetensors"
     pipe = sd.load_pipeline(base, tokenizer=False if single else None)
     merge_into_pipeline(pipe, adapters, unet_weight=unet_weight, te_weight=te_weight)
     torch_dtype = DTYPES[dtype]
     if single:
-        from ..sd.single_file import save_single_file
-        save_single_file(pipe, out, dtype=torch_dtype)
+        sd.save_single_file(pipe, out, dtype=torch_dtype)
     else:
         if torch_dtype is not None:
             pipe.to(torch_dtype)
@@ -140,7 +138,6 @@ def merge_adapter_networks(nets: list[tuple[Network, float]], roots, rank: int |
 
 def merge_adapters(base: str, adapters: list[tuple[str, float]], out: str, *, rank: int | None = None,
                    dtype: str | None = "fp16") -> AdapterMergeReport:
-    from .. import sd
     _check_output(out, [base] + [p for p, _ in adapters])
     pipe = sd.load_pipeline(base, tokenizer=False)
     nets = [(sd.load(pipe, p, multiplier=1.0), w) for p, w in adapters]

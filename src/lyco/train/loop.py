@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -26,7 +27,7 @@ from .buckets import Batch, assign, bucket_table, crop_box, make_buckets, plan_e
 from .config import TrainConfig
 from .data import DatasetScan, ImageItem, process_caption, scan_dataset
 from .family import encode, loss_fn, sdxl_time_ids, unet_kwargs
-from .optim import build_optimizer, build_scheduler, param_groups
+from .optim import apply_max_norm, build_optimizer, build_scheduler, param_groups
 from .sample import parse_prompt, sample_and_save
 
 log = logging.getLogger("lyco")
@@ -299,7 +300,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
                 path, images = sample_and_save(pipe, prompts, run.out / "samples", tag, device, cfg.model.clip_skip)
                 log.info("lyco: samples %s", path)
                 if run.tb is not None:
-                    import numpy as np
                     for i, (p, im) in enumerate(zip(prompts, images)):
                         run.tb.add_image(f"samples/{i}: {p.prompt[:60]}", np.asarray(im), global_step, dataformats="HWC")
             except Exception as exc:  # noqa: BLE001 - sampling must not kill training unless asked
@@ -394,7 +394,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
 
 
 def net_max_norm(net, max_norm: float) -> tuple[int, float, float]:
-    from .optim import apply_max_norm
     return apply_max_norm(net, max_norm)
 
 

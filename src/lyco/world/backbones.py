@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .. import builtin
@@ -161,7 +163,6 @@ def load_vgg(name_or_path: str | os.PathLike[str] = "builtin:vgg") -> VGG19:
     if not path.is_file():
         raise BackboneNotFoundError(f"VGG weights not found at {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -170,7 +171,6 @@ def load_vgg(name_or_path: str | os.PathLike[str] = "builtin:vgg") -> VGG19:
 
 # ------------------------------------------------------------------------------------------ embeddings
 def _pil(images: Any) -> list[Any]:
-    import numpy as np
     from PIL import Image
     return [im if hasattr(im, "convert") else Image.fromarray(np.asarray(im)) for im in images]
 
@@ -205,7 +205,6 @@ def dino_embeds(model: Any, processor: Any, images: Any) -> torch.Tensor:
 def gram_vectors(vgg: VGG19, images: Any, relu: bool = True) -> torch.Tensor:
     """Flattened Gram matrices at conv1_1 … conv5_1 (after their ReLU when ``relu``), each scaled to unit norm so
     that every layer weighs the same, concatenated."""
-    import numpy as np
     x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im)
                                    for im in images])).permute(0, 3, 1, 2).float() / 255.0
     taps = tuple(i + 1 for i in STYLE_TAPS) if relu else STYLE_TAPS
