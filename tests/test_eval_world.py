@@ -34,14 +34,14 @@ def train_adapter(dataset: Path, out: Path) -> Path:
     """The demo's LoRA run (attn-mlp, dim 8) on ``dataset``; returns the final adapter file."""
     from importlib.resources import files
 
-    from lyco.train.config import load_config
+    from lyco.train.config import load_train_config
     from lyco.train.loop import train
 
     overrides = [f'output_dir="{out}"', f'datasets.0.folders=["{dataset}"]', "sample.at_start=false",
                  "sample.prompts=[]"]
     if TRAIN_STEPS:
         overrides.append(f"train.steps={int(TRAIN_STEPS)}")
-    return Path(train(load_config(str(files("lyco") / "data" / "demo" / f"{CONCEPT}-lora.toml"), overrides)))
+    return Path(train(load_train_config(str(files("lyco") / "data" / "demo" / f"{CONCEPT}-lora.toml"), overrides)))
 
 
 def test_world_adapter_is_more_faithful(tmp_path):

@@ -108,7 +108,7 @@ def test_vgg_gram_separates_the_style_concept_better_than_content(vgg):
             imgs.append(R.render(R.with_style(s, st)))
             style_of.append(st)
             scene_of.append(si)
-    g = B.gram_vectors(vgg, imgs)
+    g = B.unit_gram_vectors(vgg, imgs)
     g = g / g.norm(dim=1, keepdim=True)
     d = torch.cdist(g, g)
     so, sc = np.array(style_of), np.array(scene_of)

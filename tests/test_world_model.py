@@ -155,11 +155,11 @@ def test_classifier_reads_renders(classifier):
         assert max(K.concept_scores(base, c, classifier)) < 0.5, c.name
 
 
-def test_parse_prompt_and_region_colours():
-    spec = K.parse_prompt("a small red star at the top on a blue background, outline style")
+def test_parse_scene_prompt_and_region_colours():
+    spec = K.parse_scene_prompt("a small red star at the top on a blue background, outline style")
     assert spec.attributes() == {"shape": "star", "colour": "red", "background": "plain:blue",
                                  "style": "outline", "size": "small", "position": "top"}
-    assert K.parse_prompt("olis creature in a night scene").attributes() == {
+    assert K.parse_scene_prompt("olis creature in a night scene").attributes() == {
         "concept": "olis", "background": "night"}
     from lyco.world import render as R
     img = R.render(R.Scene((R.ObjectSpec("square", "green", "large"),), R.BackgroundSpec("plain", "purple")))

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from . import attach, load, sd
-from .train.config import load_config
+from .train.config import load_train_config
 from .world.checks import concept_scores
 from .world.sampling import generate
 
@@ -111,7 +111,7 @@ def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16) -> dict
     overrides = [f'output_dir="{out / "run"}"', f'datasets.0.folders=["{data}"]']
     if steps:
         overrides.append(f"train.steps={steps}")
-    cfg = load_config(str(files("lyco") / "data" / "demo" / "olis-lora.toml"), overrides)
+    cfg = load_train_config(str(files("lyco") / "data" / "demo" / "olis-lora.toml"), overrides)
     prompts = [p.strip() for p in (data / "prompts" / "trigger.txt").read_text().splitlines() if p.strip()]
     eval_prompts = (prompts * n_eval)[:n_eval]
     pipe = sd.load_pipeline("builtin:tiny")

@@ -257,8 +257,9 @@ class VGGTaps(nn.Module):
         return out
 
 
-def gram_vectors(taps: list[torch.Tensor]) -> torch.Tensor:
-    """g(x): each tap's Gram ψψᵀ/(c·h·w), flattened and concatenated → (B, Σ c²)."""
+def style_gram_vectors(taps: list[torch.Tensor]) -> torch.Tensor:
+    """g(x) of the paper's style loss: each tap's Gram ψψᵀ/(c·h·w), flattened and concatenated, not normalised →
+    (B, Σ c²).  (The micro-world's :func:`~lyco.world.backbones.unit_gram_vectors` scales each layer to unit norm.)"""
     out = []
     for t in taps:
         b, c, h, w = t.shape
@@ -276,7 +277,7 @@ class VggBackbone(Backbone):
         return to_tensor(short_side(img, self.image_size), self.mean, self.std)
 
     def _encode_image(self, batch: torch.Tensor) -> torch.Tensor:
-        return gram_vectors(self.model(batch))
+        return style_gram_vectors(self.model(batch))
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .config import load_config
+from .config import load_eval_config
 from .runner import build_plan, evaluate
 
 log = logging.getLogger("lyco")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # command-line paths are relative to the working directory, config paths to the config file
     overrides = {k: str(Path(v).resolve()) for k, v in (("out", args.out), ("cache", args.cache)) if v is not None}
-    cfg = load_config(args.config, overrides)
+    cfg = load_eval_config(args.config, overrides)
     if args.dry_run:
         plan = build_plan(cfg)
         jobs = plan.unique_jobs()

@@ -247,8 +247,8 @@ class EvalConfig(_Model):
         return self.path(self.cache) if self.cache else self.out_dir / "cache"
 
 
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EvalConfig:
-    """Read a TOML config; relative paths become relative to its folder."""
+def load_eval_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Read and validate an evaluation config (TOML); relative paths in it are relative to its folder."""
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .data import DatasetScan, ImageItem, process_caption, scan_dataset
 from .family import encode, loss_fn, sdxl_time_ids, unet_kwargs
 from .optim import apply_max_norm, build_optimizer, build_scheduler, param_groups
-from .sample import parse_prompt, sample_and_save
+from .sample import parse_sample_prompt, sample_and_save
 
 log = logging.getLogger("lyco")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -253,7 +253,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     text_cache: dict[str, dict] = {}
     cache_text = t_cfg.cache_text and not n_cfg.train_text_encoder
     resolution = cfg.datasets[0].resolution
-    prompts = [parse_prompt(p, cfg.sample, resolution, i) for i, p in enumerate(cfg.sample.prompts)]
+    prompts = [parse_sample_prompt(p, cfg.sample, resolution, i) for i, p in enumerate(cfg.sample.prompts)]
     save_dtype = SAVE_DTYPES[cfg.save.dtype]
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     tag_freq = Counter(t.strip() for it in items for t in it.caption.split(",") if t.strip())

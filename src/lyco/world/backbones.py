@@ -202,9 +202,10 @@ def dino_embeds(model: Any, processor: Any, images: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gram_vectors(vgg: VGG19, images: Any, relu: bool = True) -> torch.Tensor:
+def unit_gram_vectors(vgg: VGG19, images: Any, relu: bool = True) -> torch.Tensor:
     """Flattened Gram matrices at conv1_1 … conv5_1 (after their ReLU when ``relu``), each scaled to unit norm so
-    that every layer weighs the same, concatenated."""
+    that every layer weighs the same, concatenated: the world's style descriptor.  (The evaluation's style loss uses
+    :func:`lyco.eval.backbones.style_gram_vectors`, which does not normalise.)"""
     x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im)
                                    for im in images])).permute(0, 3, 1, 2).float() / 255.0
     taps = tuple(i + 1 for i in STYLE_TAPS) if relu else STYLE_TAPS

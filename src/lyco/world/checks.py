@@ -311,6 +311,7 @@ __all__ = [
     "concept_score",
     "concept_scores",
     "load_classifier",
+    "parse_scene_prompt",
     "read_images",
     "region_colours",
     "save_classifier",
@@ -318,8 +319,9 @@ __all__ = [
 ]
 
 
-def parse_prompt(prompt: str) -> PromptSpec:
-    """The attributes a world prompt asks for, read from its words (sentence or tag form)."""
+def parse_scene_prompt(prompt: str) -> PromptSpec:
+    """The scene a micro-world prompt asks for (concept, shape, colour, background, style, ...), read from its
+    words (sentence or tag form)."""
     words = re.findall(r"[a-z]+", prompt.lower())
     attrs: dict[str, str] = {}
     triggers = {c.trigger: c for c in CONCEPTS.values()}

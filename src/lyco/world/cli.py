@@ -95,7 +95,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BOX)) for p in args.images])
-    spec = K.parse_prompt(args.prompt) if args.prompt else None
+    spec = K.parse_scene_prompt(args.prompt) if args.prompt else None
     for path, reading in zip(args.images, K.read_images(imgs)):
         line = ", ".join(f"{k}={v}({reading.probs[k][v]:.2f})" for k, v in reading.labels.items())
         if spec is not None:
