@@ -11,7 +11,7 @@ from lyco.eval import backbones as B
 from lyco.eval.features import FeatureCache, extract, feature_key
 from lyco.eval.metrics import functional as F
 
-from test_eval_fixtures import TINY_VGG_WIDTHS, vgg_state_dict, write_clip, write_dino
+from eval_fixtures import TINY_VGG_WIDTHS, vgg_state_dict, write_clip, write_dino
 
 
 def _img(w, h, seed=0):

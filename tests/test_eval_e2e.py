@@ -19,7 +19,7 @@ from lyco.eval import evaluate, load_eval_config
 from lyco.eval.config import EvalConfig
 from lyco.eval.report import fmt, row_key
 
-from test_eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
+from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 
 
 @pytest.fixture(scope="module")
