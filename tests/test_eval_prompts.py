@@ -1,4 +1,4 @@
-"""Prompt sets (spec §1), the repeat rule and seeds (§2), and the config format."""
+"""Prompt sets and the repeat rule (docs/EVALUATION.md §2), seeds (§3), and the config format."""
 from __future__ import annotations
 
 import importlib.util

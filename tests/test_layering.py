@@ -259,6 +259,12 @@ def test_lazy_imports_only_defer_optional_dependencies():
     assert not bad, "function-level imports without a reason:\n" + "\n".join(bad)
 
 
+def test_architecture_doc_names_every_unit():
+    doc = (SRC.parent.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    missing = [p for prefixes in UNITS.values() for p in prefixes if p != "lyco" and f"`{p.split('.')[-1]}" not in doc]
+    assert not missing, f"docs/ARCHITECTURE.md's layer table does not mention {missing}"
+
+
 @pytest.mark.parametrize("unit", [u for u in UNITS if u not in ("analysis", "sweep")])
 def test_units_exist(unit):
     """The table above names real modules (so it cannot silently go stale)."""

@@ -49,7 +49,7 @@ def detection_order() -> list[type["AdapterModule"]]:
 
 
 def detect(tensors) -> type["AdapterModule"] | None:
-    """The algorithm a module's tensors (part name -> tensor) belong to (first match in the spec's order)."""
+    """The algorithm a module's tensors (part name -> tensor) belong to (first match in ``detect_order``)."""
     for cls in detection_order():
         if cls.detect(tensors):
             return cls

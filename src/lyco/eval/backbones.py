@@ -1,5 +1,6 @@
-"""Feature backbones from local weights (spec §3): DINOv2 and CLIP (transformers or open_clip folders) and a VGG-19
-feature stack from a torchvision-format state dict.  No hub access: every backbone is built from a local path.
+"""Feature backbones from local weights (docs/EVALUATION.md §4): DINOv2 and CLIP (transformers or open_clip
+folders) and a VGG-19 feature stack from a torchvision-format state dict.  No hub access: every backbone is built
+from a local path.
 
 Each backbone has ``preprocess(image, mode) -> tensor``, ``encode_image(batch) -> (B, D)`` (CLIP also
 ``encode_text(list[str])``) and an ``id`` that fingerprints its weights and settings (the feature-cache key).

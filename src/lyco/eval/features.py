@@ -1,8 +1,8 @@
 """Batched, cached feature extraction.
 
 Features are cached per image on disk, keyed by (image file sha256, backbone id, preprocessing mode, dtype)
-(spec §0): ``<cache>/features/<backbone id>-<dtype>/<mode>/<sha[:2]>/<sha>.npy``.  The backbone id fingerprints
-the weights and settings, so changed weights never reuse stale features.
+(docs/EVALUATION.md §4): ``<cache>/features/<backbone id>-<dtype>/<mode>/<sha[:2]>/<sha>.npy``.  The backbone id
+fingerprints the weights and settings, so changed weights never reuse stale features.
 """
 from __future__ import annotations
 

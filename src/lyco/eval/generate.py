@@ -1,4 +1,4 @@
-"""Image generation for the evaluation (spec §2), cached on disk.
+"""Image generation for the evaluation (docs/EVALUATION.md §3), cached on disk.
 
 * Image k of a prompt set is generated from its own CPU generator seeded ``seed_start + k`` (so results do not
   depend on batch size or device), for the base model and every checkpoint alike: base and tuned images pair up.

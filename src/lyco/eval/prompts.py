@@ -1,5 +1,5 @@
-"""Leaves and their prompt sets (spec §1): training captions, trigger only, content alteration, style alteration and
-concept-agnostic prompts, from files, built-in template groups, inline lists or the micro-world.
+"""Leaves and their prompt sets (docs/EVALUATION.md §2): training captions, trigger only, content alteration,
+style alteration and concept-agnostic prompts, from files, built-in template groups, inline lists or the micro-world.
 
 A prompt set of ``n`` images repeats its ``p`` prompts with the reference code's rule (:func:`expand`): the first
 ``n mod p`` prompts get ⌈n/p⌉ images, the rest ⌊n/p⌋; with ``p ≥ n`` the first ``n`` prompts get one each.  Image

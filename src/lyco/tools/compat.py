@@ -1,4 +1,5 @@
-"""Which loaders compute an adapter file exactly (file-format spec §8), as data plus a per-module classifier."""
+"""Which loaders compute an adapter file exactly: a support matrix (feature × client, below) plus a per-module
+classifier."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ def _row(*levels: str) -> dict[str, str]:
     return dict(zip(CLIENTS, levels))
 
 
-# feature -> client -> level (spec §8 support matrix)
+# feature -> client -> level: the support matrix
 MATRIX: dict[str, dict[str, str]] = {
     "lora": _row(OK, OK, OK, OK, OK, OK, OK),
     "locon-tucker": _row(OK, OK, OK, OK, ERROR, IGNORED, OK),
