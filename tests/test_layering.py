@@ -221,11 +221,11 @@ def test_no_import_cycles():
         if _is_lyco(imp.target) and imp.target in MODULES:
             edges[imp.source].add(imp.target)
     cycles = _cycles(edges)
-    detail = []
+    detail: list[str] = []
     for comp in cycles:
         members = set(comp)
-        detail += [f"  {_where(i)}: {i.source} -> {i.target}" for i in IMPORTS
-                   if i.source in members and i.target in members]
+        detail += sorted({f"  {_where(i)}: {i.source} -> {i.target}" for i in IMPORTS
+                          if i.source in members and i.target in members})
     assert not cycles, "import cycles (module-level, lazy and TYPE_CHECKING imports all count):\n" + "\n".join(detail)
 
 
@@ -240,7 +240,7 @@ def test_no_import_goes_up_the_layers():
         if LEVEL[dst] >= LEVEL[src]:
             how = "a layer above" if LEVEL[dst] > LEVEL[src] else "a sibling unit"
             bad.append(f"  {_where(imp)}: {imp.source} ({src}) imports {imp.target} ({dst}, {how})")
-    assert not bad, "imports against the layering (see the module docstring):\n" + "\n".join(bad)
+    assert not bad, "imports against the layering (see the module docstring):\n" + "\n".join(dict.fromkeys(bad))
 
 
 def test_lazy_imports_only_defer_optional_dependencies():
@@ -256,7 +256,7 @@ def test_lazy_imports_only_defer_optional_dependencies():
         elif not _optional(imp.target):
             bad.append(f"  {_where(imp)}: {imp.target} is not a heavy optional dependency: import it at module level "
                        "(or add it to OPTIONAL if it is one)")
-    assert not bad, "function-level imports without a reason:\n" + "\n".join(bad)
+    assert not bad, "function-level imports without a reason:\n" + "\n".join(dict.fromkeys(bad))
 
 
 def test_architecture_doc_names_every_unit():
