@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..errors import StateError
 from ..sd import load_pipeline, model_info
 from ..sd.pipelines import resolve_model_path
-from ..errors import StateError
 from .backbones import Backbone, load_clip, load_dino, load_vgg, resolve_device, resolve_weights
 from .config import EvalConfig
 from .features import FeatureCache, extract, file_sha256
