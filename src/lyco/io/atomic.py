@@ -53,7 +53,16 @@ def _reserve(target: Path) -> Path:
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:
-    """Flush a written file's data to disk."""
+    """Flush a written file's data to disk (read-only files too, where the OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            return
+        finally:
+            os.close(fd)
+    except OSError:                 # Windows flushes only through a writable handle
+        pass
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
