@@ -11,7 +11,7 @@ from lyco.eval import backbones as B
 from lyco.eval.features import FeatureCache, extract, feature_key
 from lyco.eval.metrics import functional as F
 
-from test_eval_fixtures import TINY_VGG_WIDTHS, vgg_state_dict, write_clip, write_dino
+from eval_fixtures import TINY_VGG_WIDTHS, vgg_state_dict, write_clip, write_dino
 
 
 def _img(w, h, seed=0):
@@ -87,7 +87,7 @@ def test_vgg_torchvision_state_dict(tmp_path, suffix):
     assert g_relu.shape == (1, F.gram_dims(channels))
     # relu taps are the ReLU of the conv taps: recompute Grams from the conv outputs
     taps = conv.model(x)
-    assert torch.allclose(g_relu, B.gram_vectors([t.clamp(min=0) for t in taps]), atol=1e-6)
+    assert torch.allclose(g_relu, B.style_gram_vectors([t.clamp(min=0) for t in taps]), atol=1e-6)
     assert not torch.allclose(g_relu, g_conv)
     # style loss of an image with itself is 0, with another image > 0
     assert F.style_loss(g_relu.numpy(), relu.encode_image(x).numpy()) == 0.0

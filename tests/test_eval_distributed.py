@@ -16,7 +16,7 @@ import torch
 from lyco.eval import evaluate
 from lyco.eval.config import EvalConfig
 
-from test_eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
+from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lyco.eval import evaluate, load_config
+from lyco.eval import evaluate, load_eval_config
 from lyco.eval.config import EvalConfig
 from lyco.eval.report import fmt, row_key
 
-from test_eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
+from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 
 
 @pytest.fixture(scope="module")
@@ -184,4 +184,4 @@ def test_cli_dry_run_and_determinism_from_scratch(world, tmp_path, capsys):
     assert kinds(tmp_path / "a") == {"dino", "vgg"} and kinds(tmp_path / "b") == {"dino"}
     with open(first.files["csv"]) as fa, open(tmp_path / "b" / "results.csv") as fb:
         assert fa.read() == fb.read()
-    assert load_config(toml).out == str(tmp_path / "unused")
+    assert load_eval_config(toml).out == str(tmp_path / "unused")

@@ -1,4 +1,4 @@
-"""Metric definitions of the evaluation spec (§4) on constructed features."""
+"""Metric definitions (docs/EVALUATION.md §5) on constructed features."""
 from __future__ import annotations
 
 import numpy as np

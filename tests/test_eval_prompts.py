@@ -1,4 +1,4 @@
-"""Prompt sets (spec §1), the repeat rule and seeds (§2), and the config format."""
+"""Prompt sets and the repeat rule (docs/EVALUATION.md §2), seeds (§3), and the config format."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 
 from lyco.errors import ConfigError
-from lyco.eval.config import EvalConfig, load_config
+from lyco.eval.config import EvalConfig, load_eval_config
 from lyco.eval.prompts import build_leaf, build_leaves, derive_agnostic, expand, resolve_source, template_groups
 
 
@@ -91,14 +91,14 @@ def test_config_errors_and_toml(tmp_path):
     p = tmp_path / "e.toml"
     p.write_text('base = "m"\n[[concepts]]\ncategory = "a"\nclass = "b"\ndescriptor = "t c"\n'
                  '[[checkpoints]]\nname = "x"\nadapter = "x.safetensors"\nconcepts = ["nope"]\n')
-    cfg = load_config(p)
+    cfg = load_eval_config(p)
     assert cfg.root == str(tmp_path) and cfg.path("x.safetensors") == tmp_path / "x.safetensors"
     assert cfg.cache_dir == tmp_path / "eval_out" / "cache"
     with pytest.raises(ConfigError, match="matches no concept"):
         build_leaves(cfg)
     (tmp_path / "bad.toml").write_text("base = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(tmp_path / "bad.toml")
+        load_eval_config(tmp_path / "bad.toml")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lyco.world.dataset") is None, reason="micro-world dataset writer missing")
@@ -121,5 +121,5 @@ def test_example_configs_parse():
     files = sorted(folder.glob("*.toml"))
     assert len(files) >= 2
     for f in files:
-        cfg = load_config(f)
+        cfg = load_eval_config(f)
         assert cfg.concepts and cfg.checkpoints, f

@@ -1,4 +1,4 @@
-"""Rank normalisation and aggregation (spec §5) as pure functions of the result table."""
+"""Rank normalisation and aggregation (docs/EVALUATION.md §6) as pure functions of the result table."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Prompt processing for text–image similarity (spec §4.4) on the paper's examples."""
+"""Prompt processing for text–image similarity (docs/EVALUATION.md §5.4) on the paper's examples."""
 from __future__ import annotations
 
 import pytest

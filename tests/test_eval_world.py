@@ -15,13 +15,12 @@ import pytest
 
 def _world_ready() -> str:
     try:
-        from lyco.world.backbones import BUILTIN_BACKBONES
-        from lyco.world.model import tiny_model_path
-        tiny_model_path()
+        from lyco import builtin
+        for b in builtin.BUILTINS.values():
+            builtin.resolve(b.id, b.kind)
     except Exception as exc:                                         # noqa: BLE001 - any missing piece skips
         return f"micro-world not ready: {exc}"
-    missing = [k for k, p in BUILTIN_BACKBONES.items() if not Path(p).is_dir()]
-    return f"micro-world backbones missing: {missing}" if missing else ""
+    return ""
 
 
 REASON = _world_ready()
@@ -35,14 +34,14 @@ def train_adapter(dataset: Path, out: Path) -> Path:
     """The demo's LoRA run (attn-mlp, dim 8) on ``dataset``; returns the final adapter file."""
     from importlib.resources import files
 
-    from lyco.train.config import load_config
+    from lyco.train.config import load_train_config
     from lyco.train.loop import train
 
     overrides = [f'output_dir="{out}"', f'datasets.0.folders=["{dataset}"]', "sample.at_start=false",
                  "sample.prompts=[]"]
     if TRAIN_STEPS:
         overrides.append(f"train.steps={int(TRAIN_STEPS)}")
-    return Path(train(load_config(str(files("lyco") / "data" / "demo" / f"{CONCEPT}-lora.toml"), overrides)))
+    return Path(train(load_train_config(str(files("lyco") / "data" / "demo" / f"{CONCEPT}-lora.toml"), overrides)))
 
 
 def test_world_adapter_is_more_faithful(tmp_path):

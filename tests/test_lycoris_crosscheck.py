@@ -2,7 +2,7 @@
 
 Both directions compare *forward outputs*: a lyco file loaded by lycoris must reproduce lyco's output, and a
 lycoris-written file loaded by lyco must reproduce lycoris's forward (not its merge helpers, which apply the
-scale twice for LoHa/LoKr - reference bug #1 in the spec).
+scale twice for LoHa/LoKr, a known bug of the reference).
 """
 from __future__ import annotations
 

@@ -144,15 +144,14 @@ def test_failed_folder_merge_leaves_nothing_and_keeps_the_old_output(files, tmp_
 
 
 def test_failed_single_file_merge_leaves_nothing(files, tmp_path, monkeypatch):
-    import safetensors.torch
-
+    from lyco.sd import single_file
     from lyco.tools.merge import merge_into_checkpoint
 
     def broken(tensors, filename, metadata=None):
         open(filename, "wb").write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(single_file, "save_file", broken)
     with pytest.raises(OSError):
         merge_into_checkpoint("builtin:tiny", [(str(files["sd"]), 1.0)], str(tmp_path / "m.safetensors"))
     assert _listing(tmp_path) == []

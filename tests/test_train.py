@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import lyco
 from lyco.train.buckets import assign, make_buckets, plan_epoch
-from lyco.train.config import BucketConfig, load_config
+from lyco.train.config import BucketConfig, load_train_config
 from lyco.train.data import process_caption, scan_dataset
 from helpers import toml_dumps
 from train_fixtures import base_config, child_env, image_folder, tiny_model_dir
@@ -42,7 +42,7 @@ algo = "loha"
 dora_wd = "False"
 ''')
     with pytest.raises(lyco.ConfigError) as e:
-        load_config(p)
+        load_train_config(p)
     msg = str(e.value)
     assert "train.optimzer" in msg and "did you mean 'optimizer'" in msg
     assert "datasets[0].subsets[0].caption_extention" in msg and "caption_extension" in msg
@@ -51,22 +51,22 @@ dora_wd = "False"
 
 def test_config_cross_field_checks(tmp_path):
     with pytest.raises(lyco.ConfigError) as e:
-        load_config(data={"model": {"base": "x"}, "train": {"steps": 1, "epochs": 2},
+        load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1, "epochs": 2},
                           "datasets": [{"folders": ["a"]}]})
     assert "exactly one of train.steps and train.epochs" in str(e.value)
     with pytest.raises(lyco.ConfigError) as e:
-        load_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"], "resolution": 100}]})
+        load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"], "resolution": 100}]})
     assert "resolution" in str(e.value) and "bucket.step" in str(e.value)
 
 
 def test_set_overrides(tmp_path):
-    cfg = load_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"]}]},
+    cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"]}]},
                       overrides=["train.lr=3e-4", "network.algo=\"lokr\"", "datasets.0.batch_size=4"])
     assert cfg.train.lr == 3e-4 and cfg.network.algo == "lokr" and cfg.datasets[0].batch_size == 4
 
 
 def test_missing_dataset_path(tmp_path):
-    cfg = load_config(data={"model": {"base": "x"}, "train": {"steps": 1},
+    cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1},
                             "datasets": [{"subsets": [{"path": str(tmp_path / "nope")}]}]})
     with pytest.raises(lyco.ConfigError) as e:
         scan_dataset(cfg.datasets[0])
@@ -88,7 +88,7 @@ def _bad_images(d: Path) -> None:
 
 def test_bad_images_are_skipped_and_listed_or_converted(tmp_path):
     _bad_images(tmp_path / "s")
-    cfg = load_config(data={"model": {"base": "x"}, "train": {"steps": 1},
+    cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1},
                             "datasets": [{"subsets": [{"path": str(tmp_path / "s"), "background": [0, 255, 0]}],
                                           "min_image_side": 8}]})
     scan = scan_dataset(cfg.datasets[0])
@@ -100,7 +100,7 @@ def test_bad_images_are_skipped_and_listed_or_converted(tmp_path):
     assert "empty.png" in summary and "converted" in summary and "3 skipped" in summary
     conv = scan.subsets[0].converted
     assert conv.get("alpha composited") == 1 and conv.get("16-bit to 8-bit") == 1 and conv.get("CMYK to RGB") == 1
-    from lyco.train.data import load_rgb
+    from lyco.io.images import load_rgb
     im, _ = load_rgb(tmp_path / "s" / "alpha.png", (0, 255, 0))
     assert im.getpixel((0, 0)) == (0, 255, 0)
 
@@ -113,7 +113,7 @@ def test_missing_caption_policies(tmp_path, policy, caplog):
         Image.new("RGB", (16, 16), (i * 50, 0, 0)).save(d / f"{i}.png")
     (d / "0.txt").write_text("has caption")
     sub = {"path": str(d), "missing_captions": policy, "trigger": "zkx"}
-    cfg = load_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"subsets": [sub]}]})
+    cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"subsets": [sub]}]})
     if policy == "error":
         with pytest.raises(lyco.ConfigError) as e:
             scan_dataset(cfg.datasets[0])
@@ -129,12 +129,12 @@ def test_missing_caption_policies(tmp_path, policy, caplog):
 def test_kohya_folder_repeats_and_balancing(tmp_path):
     image_folder(tmp_path, "10_abc thing", n=4)
     image_folder(tmp_path, "2_def thing", n=8, seed=1)
-    cfg = load_config(data={"model": {"base": "x"}, "train": {"steps": 1},
+    cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1},
                             "datasets": [{"folders": [str(tmp_path / "data")]}]})
     scan = scan_dataset(cfg.datasets[0])
     assert [(s.name, s.repeats, s.config.trigger) for s in scan.subsets] == [("10_abc thing", 10, "abc thing"), ("2_def thing", 2, "def thing")]
     assert len(scan.epoch_indices()) == 4 * 10 + 8 * 2
-    cfg2 = load_config(data={"model": {"base": "x"}, "train": {"steps": 1},
+    cfg2 = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1},
                              "datasets": [{"folders": [str(tmp_path / "data")], "balance_classes": True}]})
     scan2 = scan_dataset(cfg2.datasets[0])
     exposures = [len(s.items) * s.repeats for s in scan2.subsets]
@@ -189,7 +189,7 @@ def _train_subprocess(cfg: dict, tmp: Path, *args: str, env: dict | None = None)
 def test_short_run_writes_adapter_samples_logs(model_dir, tmp_path):
     from lyco.train.loop import train
     data = image_folder(tmp_path)
-    cfg = load_config(data=base_config(tmp_path, model_dir, data, **{
+    cfg = load_train_config(data=base_config(tmp_path, model_dir, data, **{
         "sample.prompts": ["zkx shape --s 2 --d 7"], "sample.every_n_steps": 2, "sample.steps": 2,
         "save.every_n_steps": 2, "save.keep_last_n": 1, "log.tensorboard": True}))
     final = train(cfg)
@@ -214,7 +214,7 @@ def test_short_run_writes_adapter_samples_logs(model_dir, tmp_path):
 def test_nan_loss_stops_with_message(model_dir, tmp_path):
     from lyco.train.loop import train
     data = image_folder(tmp_path)
-    cfg = load_config(data=base_config(tmp_path, model_dir, data, **{
+    cfg = load_train_config(data=base_config(tmp_path, model_dir, data, **{
         "train.steps": 6, "train.lr": 1e30, "train.max_grad_norm": 0.0, "save.state_every_n_steps": 1,
         "train.optimizer": {"name": "sgd"}}))
     with pytest.raises(lyco.TrainingError) as e:

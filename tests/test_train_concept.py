@@ -27,7 +27,7 @@ def test_concept_is_learned(algo, tmp_path):
     from importlib.resources import files
 
     import lyco.sd
-    from lyco.train.config import load_config
+    from lyco.train.config import load_train_config
     from lyco.train.loop import train
     from lyco.world.checks import concept_scores
     from lyco.world.dataset import write_dataset
@@ -38,7 +38,7 @@ def test_concept_is_learned(algo, tmp_path):
     example = files("lyco") / "data" / "demo" / "olis-lora.toml"
     over = {"lora": [], "loha": ['network.algo="loha"', "network.dim=4", "network.alpha=4.0", "train.steps=500"],
             "lokr": ['network.algo="lokr"', "network.dim=10000", "network.alpha=1.0", "network.factor=8"]}[algo]
-    cfg = load_config(str(example), [f'output_dir="{tmp_path / "run"}"', f'datasets.0.folders=["{data}"]',
+    cfg = load_train_config(str(example), [f'output_dir="{tmp_path / "run"}"', f'datasets.0.folders=["{data}"]',
                                      "sample.prompts=[]", "sample.at_start=false", *over])
     prompts = [p for p in (data / "prompts" / "trigger.txt").read_text().splitlines() if p.strip()] * 16
     prompts = prompts[:16]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lyco import builtin
 from lyco.world import backbones as B
 from lyco.world import render as R
 from lyco.world.concepts import CONCEPTS
@@ -41,13 +42,13 @@ def test_formats_and_sizes(monkeypatch):
         CLIPModel,
         Dinov2Model,
     )
-    clip_dir, dino_dir = str(B.BUILTIN_BACKBONES["clip"]), str(B.BUILTIN_BACKBONES["dino"])
+    clip_dir, dino_dir = B.resolve_backbone("builtin:clip", "clip"), B.resolve_backbone("builtin:dino", "dino")
     assert isinstance(CLIPModel.from_pretrained(clip_dir), CLIPModel)
     assert AutoTokenizer.from_pretrained(clip_dir)("a red circle").input_ids
     assert isinstance(AutoModel.from_pretrained(dino_dir), Dinov2Model)
     assert AutoImageProcessor.from_pretrained(dino_dir) is not None
-    assert sum(_mb(p) for p in B.BUILTIN_BACKBONES.values()) <= 10.0
-    with pytest.raises(B.BackboneNotFoundError):
+    assert sum(_mb(builtin.resolve(f"builtin:{k}", k)) for k in ("clip", "dino", "vgg")) <= 10.0
+    with pytest.raises(builtin.BackboneNotFoundError, match="is a clip backbone, not a dino backbone"):
         B.resolve_backbone("builtin:clip", "dino")
 
 
@@ -107,7 +108,7 @@ def test_vgg_gram_separates_the_style_concept_better_than_content(vgg):
             imgs.append(R.render(R.with_style(s, st)))
             style_of.append(st)
             scene_of.append(si)
-    g = B.gram_vectors(vgg, imgs)
+    g = B.unit_gram_vectors(vgg, imgs)
     g = g / g.norm(dim=1, keepdim=True)
     d = torch.cdist(g, g)
     so, sc = np.array(style_of), np.array(scene_of)

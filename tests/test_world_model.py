@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from lyco import builtin
 from lyco.world import checks as K
 from lyco.world.concepts import CONCEPTS
-from lyco.world.model import (
-    ModelNotFoundError,
-    load_pipeline,
-    resolve_model,
-    tiny_model_path,
-)
+from lyco.world.model import load_pipeline, tiny_model_path
 from lyco.world.sampling import generate
 
 #: (shape, colour, background) prompts covering every base shape, colour and plain background
@@ -65,9 +61,9 @@ def test_loads_offline_with_plain_diffusers(monkeypatch):
     assert p.unet.dtype == torch.float32 and p.text_encoder.dtype == torch.float32
     assert p.vae.config.scaling_factor != 0.18215  # measured from the latents
     assert _folder_mb(path) <= 25.0
-    assert resolve_model("builtin:tiny") == path
-    with pytest.raises(ModelNotFoundError, match="builtin:tiny"):
-        resolve_model("builtin:tinyy")
+    assert builtin.resolve("builtin:tiny") == path
+    with pytest.raises(builtin.ModelNotFoundError, match="builtin:tiny"):
+        builtin.resolve("builtin:tinyy")
 
 
 def test_lyco_sd_loader_reports_sd_architecture():
@@ -159,11 +155,11 @@ def test_classifier_reads_renders(classifier):
         assert max(K.concept_scores(base, c, classifier)) < 0.5, c.name
 
 
-def test_parse_prompt_and_region_colours():
-    spec = K.parse_prompt("a small red star at the top on a blue background, outline style")
+def test_parse_scene_prompt_and_region_colours():
+    spec = K.parse_scene_prompt("a small red star at the top on a blue background, outline style")
     assert spec.attributes() == {"shape": "star", "colour": "red", "background": "plain:blue",
                                  "style": "outline", "size": "small", "position": "top"}
-    assert K.parse_prompt("olis creature in a night scene").attributes() == {
+    assert K.parse_scene_prompt("olis creature in a night scene").attributes() == {
         "concept": "olis", "background": "night"}
     from lyco.world import render as R
     img = R.render(R.Scene((R.ObjectSpec("square", "green", "large"),), R.BackgroundSpec("plain", "purple")))

@@ -10,12 +10,11 @@ Public API::
     net = lyco.load("adapter.safetensors", model)
     net.set_multiplier(0.7); net.merge(); net.unmerge()
 """
-__version__ = "0.1.0"
-
-from .config import AdapterConfig  # noqa: E402
-from .errors import (ConfigError, FileFormatError, LycoError, MissingTokenizerError, StateError, TargetError,  # noqa: E402
+from ._version import __version__
+from .config import AdapterConfig
+from .errors import (ConfigError, FileFormatError, LycoError, MissingTokenizerError, StateError, TargetError,
                      TrainingError)
-from .network import Network, attach, load  # noqa: E402
+from .network import Network, attach, load
 
 __all__ = [
     "AdapterConfig", "Network", "attach", "load",

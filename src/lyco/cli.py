@@ -8,7 +8,8 @@ import re
 import sys
 import warnings
 
-from .errors import LycoError
+from ._version import __version__
+from .errors import LycoError, did_you_mean
 
 #: verb -> (module, help).  Each module has ``main(argv) -> int``.
 VERBS = {
@@ -88,12 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] == "--version":
-        from . import __version__
         print(f"lyco {__version__}")
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        from .errors import did_you_mean
         print(f"lyco: unknown command {verb!r}{did_you_mean(verb, VERBS)}; see 'lyco --help'", file=sys.stderr)
         return 2
     configure_output(verbose)

@@ -6,13 +6,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
+from importlib.resources import files
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from . import attach, load
+from . import attach, load, sd
+from .train.config import load_train_config
+from .world.checks import concept_scores
+from .world.sampling import generate
 
 VARIANTS = [
     ("lora", dict(algo="lora", dim=8, alpha=8.0)),
@@ -94,18 +101,11 @@ def run(steps: int = 150, lr: float = 3e-3, out_dir: str | None = None) -> list[
 def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16, eval_images: int = 4) -> dict:
     """Make the 'olis' concept dataset, train builtin:tiny on it with LoRA, measure the concept before/after, and
     (``eval_images`` > 0) evaluate base vs tuned as the paper does (:func:`paper_eval`)."""
-    from importlib.resources import files
-    from pathlib import Path
-
-    import numpy as np
+    # imported here: they need the sd extra (Pillow), the toy demo does not
     from PIL import Image
 
-    from . import sd
-    from .train.config import load_config
     from .train.loop import train
-    from .world.checks import concept_scores
     from .world.dataset import write_dataset
-    from .world.sampling import generate
 
     out = Path(out_dir).resolve()
     data = out / "data" / "olis"
@@ -113,7 +113,7 @@ def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16, eval_im
     overrides = [f'output_dir="{out / "run"}"', f'datasets.0.folders=["{data}"]']
     if steps:
         overrides.append(f"train.steps={steps}")
-    cfg = load_config(str(files("lyco") / "data" / "demo" / "olis-lora.toml"), overrides)
+    cfg = load_train_config(str(files("lyco") / "data" / "demo" / "olis-lora.toml"), overrides)
     prompts = [p.strip() for p in (data / "prompts" / "trigger.txt").read_text().splitlines() if p.strip()]
     eval_prompts = (prompts * n_eval)[:n_eval]
     pipe = sd.load_pipeline("builtin:tiny")
@@ -143,8 +143,6 @@ def paper_eval(out: Any, data: Any, adapter: Any, images: int) -> Any:
     """``lyco eval`` of builtin:tiny with and without the adapter on the held-out concept: every prompt set of the
     concept (``images`` images each, DDIM 20 steps, CFG 5 as the tiny model was trained for), the paper's metrics
     with the micro-world's backbones, an HTML report (and CSV/JSON) in ``out``."""
-    import sys
-
     from .eval.config import EvalConfig
     from .eval.runner import evaluate
 

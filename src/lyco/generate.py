@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import os
 import random
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from . import sd
+from .errors import ConfigError, did_you_mean
 
 log = logging.getLogger("lyco")
 
@@ -107,7 +111,6 @@ def sampler_name(text: str) -> str:
     key = text.strip().lower()
     key = SAMPLER_ALIASES.get(key, key)
     if key not in SAMPLERS and key != "model":
-        from .errors import did_you_mean
         choices = list(SAMPLERS) + ["model"] + list(A1111_SAMPLERS.values())
         raise ConfigError(f"unknown sampler {text!r}{did_you_mean(text, choices)}; choose one of "
                           f"{', '.join(list(SAMPLERS) + ['model'])} (A1111 names such as 'Euler a' work too)")
@@ -222,9 +225,6 @@ def next_index(folder: Path) -> int:
 def save_png(image: Any, folder: Path, index: int, seed: int, text: str) -> Path:
     """Write ``NNNNN-SEED.png`` with the ``parameters`` chunk, whole or not at all (a temporary file hard-linked
     into place); never replaces a file: a taken name moves on to the next number."""
-    import io
-    import tempfile
-
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -253,7 +253,6 @@ def save_png(image: Any, folder: Path, index: int, seed: int, text: str) -> Path
 def load(model: str, adapters: Sequence[AdapterSpec], s: Settings, *, device: str = "cpu", dtype: Any = None,
          strict: bool = True, prediction_type: str | None = None) -> tuple[Any, list[Any]]:
     """The pipeline with every adapter attached at its strengths."""
-    from . import sd
     from .eval.generate import set_sampler
     pipe = sd.load_pipeline(model, prediction_type=prediction_type, torch_dtype=dtype)
     if pipe.tokenizer is None:
@@ -285,9 +284,6 @@ def _batch_kwargs(pipe: Any, prompt: str, negative: str, n: int) -> dict[str, An
 def generate(model: str, s: Settings, out_dir: str | os.PathLike, *, device: str = "cpu", dtype: Any = None,
              strict: bool = True, prediction_type: str | None = None, progress: bool = False) -> list[Path]:
     """Generate ``s.n`` images into ``out_dir``; returns the written paths."""
-    from tqdm.auto import tqdm
-
-    from . import sd
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"-o {out} is a file; give a folder (images are numbered inside it)")

@@ -25,6 +25,7 @@ from .algos.options import AlgoOptions
 from .config import AdapterConfig
 from .errors import ConfigError, TargetError, short_list
 from .layer import LycoLayer
+from .presets import resolve_preset
 
 log = logging.getLogger("lyco")
 
@@ -119,8 +120,6 @@ class _Matcher:
 
 def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
     """Resolve every root's targets; raises :class:`TargetError` when nothing matches."""
-    from .presets import resolve_preset  # local import: presets depend on config only
-
     out: list[Target] = []
     tried: list[str] = []
     candidates: list[str] = []

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .algos import registry
 from .config import OVERRIDE_KEYS, AdapterConfig
 from .errors import ConfigError, did_you_mean
 from .inject import Root
 from .io.files import group_by_module, read_file
 from .network import Network, build_network, network_from_tensors
 from .sd.naming import te_aliases, te_namer
+from .train.optim import apply_max_norm
 
 log = logging.getLogger("lyco")
 
@@ -163,7 +165,6 @@ class LycoKohyaNetwork(nn.Module):
         if self.net is None or not self.net.attached:  # sd-scripts may call this before apply_to: stage it
             self._staged = tensors
             return {"staged": len(tensors)}
-        from .algos import registry
         groups = group_by_module(tensors)
         loaded, missing = 0, []
         with torch.no_grad():
@@ -247,7 +248,6 @@ class LycoKohyaNetwork(nn.Module):
         self.loraplus_text_encoder_lr_ratio = loraplus_text_encoder_lr_ratio
 
     def apply_max_norm_regularization(self, max_norm_value: float, device: Any = None) -> tuple[int, float, float]:
-        from .train.optim import apply_max_norm
         return apply_max_norm(self._require(), max_norm_value)
 
     def save_weights(self, file: str, dtype: torch.dtype | None, metadata: dict[str, str] | None) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from . import __version__
+from ._version import __version__
 from .algos import registry
 from .algos.base import AdapterModule, base_params
 from .algos.geometry import Geometry

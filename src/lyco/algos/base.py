@@ -2,7 +2,7 @@
 
 An :class:`AdapterModule` owns only the adapter's parameters.  It is called as ``adapter(x, base)`` where
 ``base`` is the module below it (the original layer, or another lyco wrapper when networks are stacked), and
-implements the three execution paths of the spec:
+implements three execution paths:
 
 * **rebuild**: ``op(x, W'(m), b'(m))`` - one op on the adapted weight;
 * **bypass**: ``base(x) + m·δ(x)`` for additive algorithms, or the factorised multiplicative form;
@@ -401,7 +401,7 @@ class AdapterModule(nn.Module):
         if o.path != "auto":
             return o.path == "rebuild"
         auto = self.__dict__.get("_auto_rebuild")
-        if auto is None:  # per-token cost rule of the spec; fixed for the module's lifetime
+        if auto is None:  # per-token cost rule: rebuild when the dense op costs ≤ 3× the bypass; fixed for life
             auto = self.__dict__["_auto_rebuild"] = 3 * self.bypass_cost() >= g.out_features * g.in_per_group * g.k_numel
         return auto
 

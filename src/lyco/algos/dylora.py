@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .functional import lora as F_lora
 from .geometry import Geometry
 from .lora import LoRAModule
 from .options import AlgoOptions
@@ -59,17 +60,14 @@ class DyLoRAModule(LoRAModule):
         return self._eff_rank()
 
     def delta_raw(self, mask=None):
-        from .functional import lora as F_lora
         up, down = self._factors()
         return F_lora.delta(up, down, None, self.geom.weight_shape, mask)
 
     def lowrank(self, mask=None):
-        from .functional import lora as F_lora
         up, down = self._factors()
         return F_lora.lowrank(up, down, None, mask)
 
     def apply_raw(self, x, mask=None):
-        from .functional import lora as F_lora
         up, down = self._factors()
         return F_lora.apply(x, self.geom, self._cast(up, x), self._cast(down, x), None, mask)
 

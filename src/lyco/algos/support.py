@@ -31,7 +31,7 @@ EXACT, APPROX, IGNORED, ERROR, UNKNOWN = "exact", "approximate", "ignored", "err
 LEVELS = (EXACT, APPROX, IGNORED, ERROR, UNKNOWN)
 #: worse levels rank higher; a file's verdict for a client is the worst level over its modules' features
 RANK = MappingProxyType({EXACT: 0, APPROX: 1, IGNORED: 2, UNKNOWN: 3, ERROR: 4})
-#: the legend of the support matrix (spec §8): loads and matches / loads, math differs / ignored / error
+#: the legend of the support matrix: loads and matches / loads, math differs / ignored / error
 SYMBOLS = MappingProxyType({"✔": EXACT, "≈": APPROX, "✘": IGNORED, "!": ERROR, "?": UNKNOWN})
 
 

@@ -1,5 +1,6 @@
-"""Feature backbones from local weights (spec §3): DINOv2 and CLIP (transformers or open_clip folders) and a VGG-19
-feature stack from a torchvision-format state dict.  No hub access: every backbone is built from a local path.
+"""Feature backbones from local weights (docs/EVALUATION.md §4): DINOv2 and CLIP (transformers or open_clip
+folders) and a VGG-19 feature stack from a torchvision-format state dict.  No hub access: every backbone is built
+from a local path.
 
 Each backbone has ``preprocess(image, mode) -> tensor``, ``encode_image(batch) -> (B, D)`` (CLIP also
 ``encode_text(list[str])``) and an ``id`` that fingerprints its weights and settings (the feature-cache key).
@@ -18,9 +19,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..errors import ConfigError, FileFormatError, LycoError
+from .. import builtin
+from ..errors import ConfigError, FileFormatError
 from ..world.backbones import STYLE_TAPS as VGG_TAPS
-from ..world.backbones import resolve_backbone, vgg_plan
+from ..world.backbones import load_vgg as world_load_vgg
+from ..world.backbones import vgg_plan
 
 log = logging.getLogger("lyco")
 
@@ -89,12 +92,12 @@ def fingerprint(module: nn.Module, *extra: object) -> str:
     return h.hexdigest()[:16]
 
 
-def builtin_path(kind: str) -> Path:
-    """The micro-world's tiny backbone folder for ``kind`` (dino, clip, vgg)."""
+def builtin_path(kind: str, name: str = "") -> Path:
+    """The micro-world's tiny backbone folder for ``kind`` (dino, clip, vgg); ``name``: the ``builtin:`` id given."""
     try:
-        return Path(resolve_backbone(f"builtin:{kind}", kind))
-    except LycoError as exc:
-        raise ConfigError(f"backbones.{kind} = 'builtin': {exc}; or give a local weights path") from None
+        return builtin.resolve(name or builtin.PREFIX + kind, kind)
+    except builtin.BuiltinNotFoundError as exc:
+        raise ConfigError(f"backbones.{kind} = {name or 'builtin'!r}: {exc}; or give a local weights path") from None
 
 
 def _preprocessor(folder: Path) -> dict[str, Any]:
@@ -255,8 +258,9 @@ class VGGTaps(nn.Module):
         return out
 
 
-def gram_vectors(taps: list[torch.Tensor]) -> torch.Tensor:
-    """g(x): each tap's Gram ψψᵀ/(c·h·w), flattened and concatenated → (B, Σ c²)."""
+def style_gram_vectors(taps: list[torch.Tensor]) -> torch.Tensor:
+    """g(x) of the paper's style loss: each tap's Gram ψψᵀ/(c·h·w), flattened and concatenated, not normalised →
+    (B, Σ c²).  (The micro-world's :func:`~lyco.world.backbones.unit_gram_vectors` scales each layer to unit norm.)"""
     out = []
     for t in taps:
         b, c, h, w = t.shape
@@ -274,7 +278,7 @@ class VggBackbone(Backbone):
         return to_tensor(short_side(img, self.image_size), self.mean, self.std)
 
     def _encode_image(self, batch: torch.Tensor) -> torch.Tensor:
-        return gram_vectors(self.model(batch))
+        return style_gram_vectors(self.model(batch))
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -286,8 +290,8 @@ def resolve_device(spec: str) -> torch.device:
 
 def resolve_weights(kind: str, path: str | Path) -> Path:
     """``builtin`` / ``builtin:<kind>`` → the micro-world's folder; else the path, which must exist."""
-    if str(path) in ("builtin", f"builtin:{kind}"):
-        return builtin_path(kind)
+    if str(path) == "builtin" or builtin.is_builtin(path):
+        return builtin_path(kind, "" if str(path) == "builtin" else str(path))
     p = Path(path)
     if not p.exists():
         what = {"dino": "a transformers folder", "clip": "a transformers or open_clip folder",
@@ -361,7 +365,6 @@ def load_vgg(path: str | Path, *, taps: str = "relu", image_size: int | None = N
     """A VGG-19 from a torchvision-format state dict (``vgg19-dcbb9e9d.pth``, a ``.safetensors``, or a folder with
     ``model.safetensors`` + ``config.json``); channel widths are read from the weights.  ``image_size`` None:
     ``config.json``'s ``image_size``, else 224."""
-    from ..world.backbones import load_vgg as world_load_vgg
     p = resolve_weights("vgg", path)
     try:
         net = world_load_vgg(p)

@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .config import load_eval_config
+from .metrics import PROMPT_TYPES, get_metric
+from .runner import build_plan, evaluate
+
 log = logging.getLogger("lyco")
 
 
@@ -32,12 +36,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from .config import load_config
-    from .runner import build_plan, evaluate
-
     # command-line paths are relative to the working directory, config paths to the config file
     overrides = {k: str(Path(v).resolve()) for k, v in (("out", args.out), ("cache", args.cache)) if v is not None}
-    cfg = load_config(args.config, overrides)
+    cfg = load_eval_config(args.config, overrides)
     if args.dry_run:
         plan = build_plan(cfg)
         jobs = plan.unique_jobs()
@@ -71,8 +72,6 @@ def terminal_summary(outcome: Any, field: str = "auto") -> str:
     """Per category: the rank-normalised scores per metric (checkpoints × metrics, 1 = best) when two or more
     checkpoints are compared (``field="score"``), else the raw values per metric and prompt set (checkpoints as
     columns; ``field="value"``)."""
-    from .metrics import PROMPT_TYPES, get_metric
-
     names = [v.name for v in outcome.plan.variants]
     aggs = [r for r in outcome.aggregates if r.level == "category"]
     pooled = [n for n in names if any(not math.isnan(r.score) for r in aggs if r.checkpoint == n)]

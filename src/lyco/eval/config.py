@@ -24,9 +24,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
+from .. import builtin
 from ..errors import ConfigError, did_you_mean
 from ..validation import format_validation_error
-from .metrics import DEFAULT_METRICS, REGISTRY
+from .metrics import DEFAULT_METRICS, PROMPT_TYPES, REGISTRY
 
 PromptSource = Union[str, list[str], None]
 
@@ -80,7 +81,6 @@ class Generation(_Model):
     @field_validator("images_per_type")
     @classmethod
     def _types(cls, v: dict[str, int]) -> dict[str, int]:
-        from .metrics import PROMPT_TYPES
         for k, n in v.items():
             if k not in PROMPT_TYPES:
                 raise ValueError(f"unknown prompt type {k!r}{did_you_mean(k, PROMPT_TYPES)}; "
@@ -227,11 +227,16 @@ class EvalConfig(_Model):
 
     def path(self, p: str | os.PathLike) -> Path:
         """A config path resolved against :attr:`root` (``builtin:*`` and absolute paths unchanged)."""
-        s = str(p)
-        if s.startswith("builtin:"):
+        s = os.fspath(p)
+        if builtin.is_builtin(s):
             return Path(s)
         q = Path(s).expanduser()
         return q if q.is_absolute() else Path(self.root) / q
+
+    def backbone_path(self, kind: str) -> str:
+        """``backbones.<kind>``: ``builtin`` and ``builtin:`` ids unchanged, else resolved against :attr:`root`."""
+        p = getattr(self.backbones, kind)
+        return p if p == "builtin" else str(self.path(p))
 
     @property
     def out_dir(self) -> Path:
@@ -242,8 +247,8 @@ class EvalConfig(_Model):
         return self.path(self.cache) if self.cache else self.out_dir / "cache"
 
 
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EvalConfig:
-    """Read a TOML config; relative paths become relative to its folder."""
+def load_eval_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Read and validate an evaluation config (TOML); relative paths in it are relative to its folder."""
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))

@@ -1,15 +1,13 @@
 """Batched, cached feature extraction.
 
 Features are cached per image on disk, keyed by (image file sha256, backbone id, preprocessing mode, dtype)
-(spec §0): ``<cache>/features/<backbone id>-<dtype>/<mode>/<sha[:2]>/<sha>.npy``.  The backbone id fingerprints
-the weights and settings, so changed weights never reuse stale features.
+(docs/EVALUATION.md §4): ``<cache>/features/<backbone id>-<dtype>/<mode>/<sha[:2]>/<sha>.npy``.  The backbone id
+fingerprints the weights and settings, so changed weights never reuse stale features.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -18,7 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..train.data import load_rgb
+from ..io.atomic import atomic_open
+from ..io.images import load_rgb
 from .backbones import Backbone
 
 log = logging.getLogger("lyco")
@@ -38,20 +37,6 @@ def file_sha256(path: Path, memo: dict[tuple, str] | None = None) -> str:
     if memo is not None:
         memo[key] = digest
     return digest
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder + rename (safe with concurrent ranks)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class FeatureCache:
@@ -78,7 +63,9 @@ class FeatureCache:
 
     def put(self, backbone_key: str, mode: str, sha: str, value: np.ndarray) -> None:
         if self.enabled:
-            atomic_write(self.path(backbone_key, mode, sha), lambda f: np.save(f, value, allow_pickle=False))
+            # atomic (safe with concurrent ranks), not fsynced: a lost entry is recomputed
+            with atomic_open(self.path(backbone_key, mode, sha), "wb", durable=False) as f:
+                np.save(f, value, allow_pickle=False)
 
 
 def extract(backbone: Backbone, items: Iterable[tuple[Path, str]], cache: FeatureCache, *, batch_size: int = 16,

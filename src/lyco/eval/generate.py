@@ -1,4 +1,4 @@
-"""Image generation for the evaluation (spec §2), cached on disk.
+"""Image generation for the evaluation (docs/EVALUATION.md §3), cached on disk.
 
 * Image k of a prompt set is generated from its own CPU generator seeded ``seed_start + k`` (so results do not
   depend on batch size or device), for the base model and every checkpoint alike: base and tuned images pair up.
@@ -25,8 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..io.atomic import write_atomic
+from ..sd import load as load_adapter
+from ..sd import load_pipeline, model_info
+from ..sd.pipelines import resolve_model_path
 from .config import Generation
-from .features import atomic_write, file_sha256
+from .features import file_sha256
 
 log = logging.getLogger("lyco")
 
@@ -77,7 +81,6 @@ def image_path(cache_root: Path, key: str) -> Path:
 
 def model_identity(model: str) -> str:
     """Identity of a base model for cache keys: its resolved path plus size/mtime (weights are not hashed)."""
-    from ..sd.pipelines import resolve_model_path
     p = resolve_model_path(model)
     probe = p / "model_index.json" if p.is_dir() else p
     st = probe.stat()
@@ -186,7 +189,7 @@ def _batches(jobs: list[ImageJob], pipe: Any, gen: Generation, sdxl: bool) -> It
 def _save_png(img: Any, path: Path) -> None:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    write_atomic(path, buf.getvalue(), durable=False)  # the image cache: atomic, not fsynced
 
 
 def generate_jobs(pipe: Any, jobs: list[ImageJob], gen: Generation, cache_root: Path, *, width: int, height: int,
@@ -220,7 +223,6 @@ def generate_jobs(pipe: Any, jobs: list[ImageJob], gen: Generation, cache_root: 
 
 
 def load_variant_pipeline(model: str, gen: Generation, device: torch.device) -> Any:
-    from ..sd import load_pipeline
     pipe = load_pipeline(model, torch_dtype=None if gen.dtype == "fp32" else DTYPES[gen.dtype])
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -228,14 +230,12 @@ def load_variant_pipeline(model: str, gen: Generation, device: torch.device) -> 
 
 
 def native_size(pipe: Any) -> int:
-    from ..sd import model_info
     return int(model_info(pipe).resolution)
 
 
 def run_generation(variants: Sequence[Variant], jobs_by_variant: dict[str, list[ImageJob]], gen: Generation,
                    cache_root: Path, *, device: torch.device, size: tuple[int, int], progress: bool = True) -> int:
     """Generate each variant's jobs (this process's share), loading each model once and each adapter in turn."""
-    from ..sd import load as load_adapter
     total = 0
     by_model: dict[str, list[Variant]] = defaultdict(list)
     for v in variants:

@@ -1,4 +1,4 @@
-"""The paper's trade-off scatter plots (spec §5.4), as PNG bytes (matplotlib, Agg backend).
+"""The paper's trade-off scatter plots (docs/EVALUATION.md §6.3), as PNG bytes (matplotlib, Agg backend).
 
 One plot per (category, axis pair): each point is a configuration (and epoch) averaged over seeds × classes, with
 standard-error bars.  Rank-normalised scores are plotted when the pool has at least two checkpoints, raw values

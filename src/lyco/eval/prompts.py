@@ -1,5 +1,5 @@
-"""Leaves and their prompt sets (spec §1): training captions, trigger only, content alteration, style alteration and
-concept-agnostic prompts, from files, built-in template groups, inline lists or the micro-world.
+"""Leaves and their prompt sets (docs/EVALUATION.md §2): training captions, trigger only, content alteration,
+style alteration and concept-agnostic prompts, from files, built-in template groups, inline lists or the micro-world.
 
 A prompt set of ``n`` images repeats its ``p`` prompts with the reference code's rule (:func:`expand`): the first
 ``n mod p`` prompts get ⌈n/p⌉ images, the rest ⌊n/p⌋; with ``p ≥ n`` the first ``n`` prompts get one each.  Image
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, did_you_mean
+from ..io.atomic import atomic_dir
+from ..world.dataset import write_dataset
 from .config import Concept, EvalConfig
 from .metrics import AGNOSTIC, AGNOSTIC_CLASS, ALTER, PROMPT_TYPES, STYLE, TRAIN, TRIGGER
 from .textproc import TextProcessor
@@ -179,15 +179,16 @@ def ensure_world_dataset(name: str, folder: Path) -> Path:
     """The micro-world dataset of concept ``name`` in ``folder``, written (deterministically) when missing."""
     if (folder / "concept.json").is_file():
         return folder
-    from ..world.dataset import write_dataset
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_dataset(name, tmp)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()                   # an empty folder is simply filled
     try:
-        os.replace(tmp, folder)
-    except OSError:                      # another process finished first: theirs is byte-identical
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(folder) as tmp:
+            write_dataset(name, tmp)
+    except FileExistsError:
+        if (folder / "concept.json").is_file():
+            return folder                # another process finished first: theirs is byte-identical
+        raise ConfigError(f"{folder} exists but is not a micro-world dataset (no concept.json); remove it or give "
+                          f"concept {name!r} another dataset folder") from None
     log.info("wrote the micro-world dataset %r to %s", name, folder)
     return folder
 

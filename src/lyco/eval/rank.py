@@ -1,4 +1,4 @@
-"""Rank normalisation and aggregation (spec §5): pure functions of the result table.
+"""Rank normalisation and aggregation (docs/EVALUATION.md §6): pure functions of the result table.
 
 * :func:`rank_normalize`: for each leaf and metric column (metric, encoder, resize, prompt type), rank the raw
   values over the pool of compared checkpoints with average ties; score = (rank − 1)/(N − 1), so 1 is best and 0

@@ -16,18 +16,16 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
-from .features import atomic_write
+from ..io.atomic import write_atomic
+from .config import EvalConfig
 from .metrics import PROMPT_TYPE_LABELS, PROMPT_TYPES, get_metric
+from .plan import Outcome
 from .plots import paper_axes, scatter_png
 from .rank import COLUMNS, Row
-
-if TYPE_CHECKING:
-    from .config import EvalConfig
-    from .runner import Outcome
 
 log = logging.getLogger("lyco")
 
@@ -70,7 +68,7 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
         d = r.as_dict()
         d["value"], d["score"] = _num(r.value), _num(r.score)
         w.writerow(d)
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    write_atomic(path, buf.getvalue())
 
 
 def read_csv(path: Path) -> list[Row]:
@@ -85,7 +83,7 @@ def _json_num(v: float) -> float | None:
 def write_json(rows: Sequence[Row], manifest: dict[str, Any], path: Path) -> None:
     data = {"manifest": manifest,
             "rows": [{**r.as_dict(), "value": _json_num(r.value), "score": _json_num(r.score)} for r in rows]}
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=False).encode("utf-8")))
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=False))
 
 
 # ------------------------------------------------------------------------------------------------- HTML parts
@@ -147,7 +145,7 @@ def _thumb(path: Path, size: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _grids(cfg: "EvalConfig", outcome: "Outcome") -> str:
+def _grids(cfg: EvalConfig, outcome: Outcome) -> str:
     plan, n = outcome.plan, cfg.report.grid_images
     if n == 0:
         return ""
@@ -192,7 +190,7 @@ def _short(s: str, limit: int = 60) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def _plots(cfg: "EvalConfig", rows: Sequence[Row], use_scores: bool) -> str:
+def _plots(cfg: EvalConfig, rows: Sequence[Row], use_scores: bool) -> str:
     if not cfg.report.plots:
         return ""
     enc = cfg.metrics.image_encoders[0]
@@ -214,7 +212,7 @@ def _plots(cfg: "EvalConfig", rows: Sequence[Row], use_scores: bool) -> str:
     return "".join(parts) if len(parts) > 1 else ""
 
 
-def _summary(cfg: "EvalConfig", outcome: "Outcome") -> str:
+def _summary(cfg: EvalConfig, outcome: Outcome) -> str:
     m = outcome.manifest
     s = m.get("settings", {})
     items = [
@@ -233,7 +231,7 @@ def _summary(cfg: "EvalConfig", outcome: "Outcome") -> str:
     return f"<table>{body}</table>"
 
 
-def _glossary(cfg: "EvalConfig") -> str:
+def _glossary(cfg: EvalConfig) -> str:
     rows = "".join(f"<tr><th>{html.escape(m.display)} <code>{html.escape(m.name)}</code></th>"
                    f"<td>{'↑' if m.higher_is_better else '↓'}</td><td>{html.escape(m.description)}</td>"
                    f"<td>{html.escape(', '.join(m.prompt_types))}</td></tr>"
@@ -242,7 +240,7 @@ def _glossary(cfg: "EvalConfig") -> str:
             f"</tr>{rows}</table>")
 
 
-def render_html(cfg: "EvalConfig", outcome: "Outcome") -> str:
+def render_html(cfg: EvalConfig, outcome: Outcome) -> str:
     rows, aggs = outcome.rows, outcome.aggregates
     names = [v.name for v in outcome.plan.variants]
     pooled = [n for n in names if any(not math.isnan(r.score) for r in rows if r.checkpoint == n)]
@@ -280,7 +278,7 @@ def render_html(cfg: "EvalConfig", outcome: "Outcome") -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write_outputs(cfg: "EvalConfig", outcome: "Outcome") -> dict[str, Path]:
+def write_outputs(cfg: EvalConfig, outcome: Outcome) -> dict[str, Path]:
     out = Path(outcome.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "results.csv", "json": out / "results.json", "manifest": out / "manifest.json",
@@ -288,7 +286,7 @@ def write_outputs(cfg: "EvalConfig", outcome: "Outcome") -> dict[str, Path]:
     all_rows = list(outcome.rows) + list(outcome.aggregates)
     write_csv(all_rows, files["csv"])
     write_json(all_rows, outcome.manifest, files["json"])
-    atomic_write(files["manifest"], lambda f: f.write(json.dumps(outcome.manifest, indent=1).encode("utf-8")))
-    atomic_write(files["html"], lambda f: f.write(render_html(cfg, outcome).encode("utf-8")))
+    write_atomic(files["manifest"], json.dumps(outcome.manifest, indent=1))
+    write_atomic(files["html"], render_html(cfg, outcome))
     log.info("report: %s", files["html"])
     return files

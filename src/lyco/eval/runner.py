@@ -10,66 +10,33 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, StateError
+from ..sd import load_pipeline, model_info
+from ..sd.pipelines import resolve_model_path
 from .backbones import Backbone, load_clip, load_dino, load_vgg, resolve_device, resolve_weights
 from .config import EvalConfig
 from .features import FeatureCache, extract, file_sha256
 from .generate import (ImageJob, Variant, adapter_identity, job_key, model_identity, run_generation, settings_dict,
                        windows)
 from .metrics import Metric, get_metric, higher_is_better
+from .plan import Outcome, Plan
 from .prompts import Leaf, build_leaves
 from .rank import Row, aggregate, rank_normalize
+from .report import write_outputs
 from .textproc import build_processor
 
 log = logging.getLogger("lyco")
 
 GEN_MODE = "resize"        # generated (square) images: plain resize
 VGG_MODE = "short_side"
-
-
-@dataclass
-class Plan:
-    leaves: list[Leaf]
-    variants: list[Variant]
-    #: (variant, leaf id, prompt type) -> jobs in k order
-    sets: dict[tuple[str, str, str], list[ImageJob]]
-    size: tuple[int, int]
-    settings: dict[str, Any]
-
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
-
-    def leaves_of(self, v: Variant) -> list[Leaf]:
-        if v.is_base or v.concepts is None:
-            return list(self.leaves)
-        return [leaf for leaf in self.leaves if any(leaf.matches(s) for s in v.concepts)]
-
-    def unique_jobs(self) -> list[ImageJob]:
-        seen: dict[str, ImageJob] = {}
-        for jobs in self.sets.values():
-            for j in jobs:
-                seen.setdefault(j.key, j)
-        return list(seen.values())
-
-
-@dataclass
-class Outcome:
-    """What a run produced (on the main process)."""
-
-    rows: list[Row]
-    aggregates: list[Row]
-    plan: Plan
-    out_dir: Path
-    files: dict[str, Path] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -92,19 +59,17 @@ def variants_of(cfg: EvalConfig) -> list[Variant]:
 
 
 def _base_path(cfg: EvalConfig) -> str:
-    return cfg.base if cfg.base.startswith("builtin:") else str(cfg.path(cfg.base))
+    return str(cfg.path(cfg.base))
 
 
 def native_resolution(model: str) -> int:
     """The model's native image side, from its folder configs when possible (no weights loaded)."""
-    from ..sd.pipelines import resolve_model_path
     p = resolve_model_path(model)
     unet_cfg, vae_cfg = p / "unet" / "config.json", p / "vae" / "config.json"
     if p.is_dir() and unet_cfg.is_file() and vae_cfg.is_file():
         sample = int(json.loads(unet_cfg.read_text())["sample_size"])
         levels = len(json.loads(vae_cfg.read_text())["block_out_channels"])
         return sample * 2 ** (levels - 1)
-    from ..sd import load_pipeline, model_info
     return int(model_info(load_pipeline(model)).resolution)
 
 
@@ -229,8 +194,7 @@ def _encoders(feature: str, cfg: EvalConfig) -> list[str]:
 def check_backbones(cfg: EvalConfig, plan: Plan) -> None:
     """Every backbone the metrics need has local weights (raises a ConfigError naming the key otherwise)."""
     for kind in sorted({t.kind for t in metric_tasks(cfg, plan)}):
-        path = getattr(cfg.backbones, kind)
-        resolve_weights(kind, path if str(path).startswith("builtin") else cfg.path(path))
+        resolve_weights(kind, cfg.backbone_path(kind))
 
 
 class Backbones:
@@ -243,8 +207,7 @@ class Backbones:
     def get(self, kind: str) -> Any:
         if kind not in self._loaded:
             b = self.cfg.backbones
-            path = getattr(b, kind)
-            path = path if path == "builtin" else str(self.cfg.path(path))
+            path = self.cfg.backbone_path(kind)
             kw = dict(device=self.device, dtype=b.dtype)
             if kind == "dino":
                 self._loaded[kind] = load_dino(path, image_size=b.image_size, **kw)
@@ -439,7 +402,6 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, report: bool = True) -> 
     outcome = Outcome(rows, aggregate(rows), plan, cfg.out_dir,
                       manifest=manifest(cfg, plan, backbones.ids(), world))
     if report:
-        from .report import write_outputs
         outcome.files = write_outputs(cfg, outcome)
     return outcome
 

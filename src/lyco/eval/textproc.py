@@ -1,4 +1,4 @@
-"""Prompt processing for text–image similarity (evaluation spec §4.4).
+"""Prompt processing for text–image similarity (docs/EVALUATION.md §5.4).
 
 Before a prompt is encoded by CLIP, the concept's rare trigger tokens are removed or replaced by a plain word, so the
 metric asks "does the image show what the *words* say" rather than "does CLIP know the token ``whoo``":

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import FileFormatError
+from .atomic import write_atomic
 
 _PICKLE_EXT = {".pt", ".pth", ".ckpt", ".bin"}
 
@@ -118,7 +118,7 @@ def data_section_sha256(path: str | os.PathLike) -> str:
 
 
 def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write atomically (temp file + rename).  Refuses NaN/Inf and non-string metadata."""
+    """Write atomically (:mod:`lyco.io.atomic`).  Refuses NaN/Inf and non-string metadata."""
     p = Path(path)
     if p.suffix.lower() in _PICKLE_EXT:
         raise FileFormatError(f"{p}: lyco writes .safetensors only (pickle formats are unsafe to share)")
@@ -132,16 +132,4 @@ def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metada
                                   "(check the learning rate, or save in a wider dtype)")
         clean[k] = t.detach().to("cpu").contiguous()
     blob = st_save(clean, metadata or None)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+    return write_atomic(p, blob)

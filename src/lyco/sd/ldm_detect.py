@@ -11,10 +11,10 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import FileFormatError, short_list
+from ..io.checkpoint import checkpoint_shapes, shape_of
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -60,41 +60,15 @@ class CheckpointInfo:
     linear_projection: bool | None = None  #: UNet transformer proj_in is Linear (SD2/SDXL) rather than 1x1 conv
 
 
-def _shape_of(value: Any) -> tuple[int, ...] | None:
-    shape = getattr(value, "shape", None)
-    if shape is None and hasattr(value, "get_shape"):
-        shape = value.get_shape()
-    return tuple(int(s) for s in shape) if shape is not None else None
-
-
-def file_shapes(path: str | os.PathLike) -> Shapes:
-    """Key -> shape of a checkpoint file, reading only the header of a .safetensors file."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileFormatError(f"{p}: no such file")
-    if p.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as exc:  # noqa: BLE001 - re-raised as a lyco error naming the file
-            raise FileFormatError(f"{p}: cannot read safetensors header ({exc}); re-download or re-save it") from None
-    from .single_file import read_checkpoint  # pickle formats: a full (weights-only) load is the only way
-
-    tensors, _, _ = read_checkpoint(p)
-    return {k: _shape_of(v) for k, v in tensors.items()}
-
-
 def as_shapes(keys_or_state_dict: Any) -> Shapes:
     """Normalise a path, a state dict (tensors or anything with ``.shape``) or plain keys to key -> shape."""
     if isinstance(keys_or_state_dict, (str, os.PathLike)):
-        return file_shapes(keys_or_state_dict)
+        return checkpoint_shapes(keys_or_state_dict)
     if isinstance(keys_or_state_dict, Mapping):
         sd = keys_or_state_dict
         if isinstance(sd.get("state_dict"), Mapping):
             sd = sd["state_dict"]
-        return {str(k): _shape_of(v) for k, v in sd.items()}
+        return {str(k): shape_of(v) for k, v in sd.items()}
     if isinstance(keys_or_state_dict, Iterable):
         return {str(k): None for k in keys_or_state_dict}
     raise FileFormatError(f"cannot detect a model family from a {type(keys_or_state_dict).__name__}; "

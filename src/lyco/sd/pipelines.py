@@ -9,7 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .. import builtin
 from ..errors import FileFormatError
+from .single_file import load_single_file
+from .tokenizers import resolve_tokenizer
 
 log = logging.getLogger("lyco")
 
@@ -17,11 +20,10 @@ SINGLE_FILE_EXT = {".safetensors", ".ckpt", ".pt", ".pth"}
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
-    """``builtin:tiny`` -> the shipped micro-world model; anything else is a local path."""
-    s = str(model)
-    if s.startswith("builtin:"):
-        from ..world.model import resolve_model  # the micro-world ships the built-in models
-        return resolve_model(s)
+    """``builtin:tiny`` -> the shipped model folder (:mod:`lyco.builtin`); anything else must be a local path."""
+    s = os.fspath(model)
+    if builtin.is_builtin(s):
+        return builtin.resolve(s, "model")
     p = Path(s).expanduser()
     if not p.exists():
         raise FileFormatError(f"{p}: no such file or folder (lyco loads models offline: a diffusers folder, a "
@@ -38,7 +40,6 @@ def load_pipeline(model: str | os.PathLike, *, family: str | None = None, predic
                             prediction_type=prediction_type)
     if p.suffix.lower() not in SINGLE_FILE_EXT:
         raise FileFormatError(f"{p}: unknown model file type {p.suffix!r}; expected .safetensors or .ckpt")
-    from .single_file import load_single_file
     return load_single_file(p, family=family, prediction_type=prediction_type, tokenizer=tokenizer,
                             tokenizer_2=tokenizer_2, torch_dtype=torch_dtype)
 
@@ -65,7 +66,6 @@ def _load_folder(p: Path, *, tokenizer: Any, tokenizer_2: Any, torch_dtype: Any,
         elif given is not None:
             kw[name] = _tokenizer_from(given)
         elif not (p / name / "vocab.json").is_file() and not (p / name / "tokenizer.json").is_file():
-            from .tokenizers import resolve_tokenizer
             kw[name] = resolve_tokenizer("sdxl" if xl else "sd1", which=2 if name == "tokenizer_2" else 1)
     try:
         with _loading_bar(log.isEnabledFor(logging.DEBUG)):

@@ -12,26 +12,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
+from ..builtin import DATA_DIR
 from ..errors import ConfigError, FileFormatError
+from ..io.atomic import atomic_path
+from ..io.checkpoint import read_checkpoint
 from .ldm_convert import (TEXT_PREFIXES, build_text_encoder, build_unet, build_vae, infer_pipeline_family,
                           to_ldm_state_dict)
+from .embedded import configs_from_metadata, pipeline_metadata, tokenizers_from_metadata
 from .ldm_detect import CheckpointInfo, detect_family, inspect_checkpoint
 from .tokenizers import ENV_VARS, resolve_tokenizer
 
-__all__ = ["CheckpointInfo", "detect_family", "inspect_checkpoint", "load_single_file", "read_checkpoint",
-           "resolve_prediction_type", "save_single_file", "shipped_config_dir", "to_ldm_state_dict"]
+__all__ = ["CheckpointInfo", "detect_family", "inspect_checkpoint", "load_single_file", "resolve_prediction_type",
+           "save_single_file", "shipped_config_dir", "to_ldm_state_dict"]
 
 log = logging.getLogger("lyco")
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "sd_configs"
-_PICKLE_EXT = {".ckpt", ".pt", ".pth", ".bin"}
+CONFIG_ROOT = DATA_DIR / "sd_configs"
 _V_MARKERS = ("v_pred", "model.diffusion_model.v_pred")  # ComfyUI marks v-prediction checkpoints with this key
 _PREDICTION_ALIASES = {"epsilon": "epsilon", "eps": "epsilon", "v_prediction": "v_prediction", "v": "v_prediction",
                        "v-prediction": "v_prediction"}
@@ -41,55 +44,6 @@ _ARCHITECTURES = {("sd1", "epsilon"): "stable-diffusion-v1", ("sd1", "v_predicti
                   ("sdxl", "v_prediction"): "stable-diffusion-xl-v1-base"}
 _DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
-
-
-# ---------------------------------------------------------------------------------------------------- reading
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
-    """(tensors, safetensors metadata, other top-level entries such as ``global_step``) of a checkpoint file.
-
-    ``.safetensors`` is read with safetensors; ``.ckpt``/``.pt``/``.pth``/``.bin`` only with
-    ``torch.load(weights_only=True)`` (no arbitrary code).  A nested ``state_dict`` is unwrapped.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileFormatError(f"{p}: no such file")
-    suffix = p.suffix.lower()
-    if suffix == ".safetensors":
-        return _read_safetensors(p)
-    if suffix in _PICKLE_EXT:
-        return _read_pickle(p)
-    raise FileFormatError(f"{p}: unknown checkpoint extension {p.suffix!r}; expected .safetensors, .ckpt or .pt")
-
-
-def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - re-raised as a lyco error naming the file
-        raise FileFormatError(f"{p}: cannot read as safetensors ({exc}); the file may be truncated or corrupt, "
-                              "re-download or re-save it") from None
-    return tensors, metadata, {}
-
-
-def _read_pickle(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise FileFormatError(
-            f"{p}: cannot load with torch.load(weights_only=True) ({exc}).  lyco never unpickles arbitrary code: "
-            "if you trust the file, convert it to .safetensors with a tool you trust and load that") from None
-    extras: dict[str, Any] = {}
-    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        extras.update({k: v for k, v in obj.items() if k != "state_dict" and not isinstance(v, dict)})
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise FileFormatError(f"{p}: expected a dict of tensors, found {type(obj).__name__}")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    extras.update({k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)})
-    return tensors, {}, extras
 
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -220,7 +174,6 @@ def _resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None)
 
 def _configs_from_file(metadata: dict[str, str], family: str, source: str) -> _Configs | None:
     """The configs (and custom tokenizers) a lyco-written file records about itself (see :mod:`.embedded`)."""
-    from .embedded import configs_from_metadata, tokenizers_from_metadata
     rec = configs_from_metadata(metadata)
     if rec is None or len(rec["text_encoders"]) != len(TEXT_PREFIXES[family]) or not rec["scheduler"]:
         return None
@@ -346,24 +299,6 @@ def _prepare(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None, target
     return out
 
 
-def _atomic_save(target: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write through a temporary file in the target folder and rename it into place (streamed, no extra copy)."""
-    from safetensors.torch import save_file
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_single_file(pipe: Any, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
                      metadata: dict[str, str] | None = None, *, family: str | None = None,
                      overwrite: bool = False) -> Path:
@@ -392,8 +327,8 @@ def save_single_file(pipe: Any, path: str | os.PathLike, dtype: torch.dtype | st
     tensors = to_ldm_state_dict(pipe, fam)
     if pt == "v_prediction":
         tensors["v_pred"] = torch.zeros(0)
-    from .embedded import pipeline_metadata
-    _atomic_save(target, _prepare(tensors, _resolve_dtype(dtype, None), target),
-                 {**_default_metadata(fam, pt), **pipeline_metadata(pipe), **meta})
+    prepared = _prepare(tensors, _resolve_dtype(dtype, None), target)
+    with atomic_path(target) as tmp:       # streamed by safetensors into a temp file, renamed into place
+        save_file(prepared, str(tmp), metadata={**_default_metadata(fam, pt), **pipeline_metadata(pipe), **meta})
     log.info("saved %s single file %s (%d tensors)", fam, target, len(tensors))
     return target

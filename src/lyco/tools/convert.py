@@ -24,6 +24,8 @@ from ..errors import ConfigError, FileFormatError
 from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file
 from ..network import network_from_tensors, resolve_names
+from ..sd import load_pipeline
+from ..sd import roots as sd_roots
 from .args import add_common, add_option
 from .compat import group, rewrite_for
 from .lowrank import factor
@@ -323,8 +325,7 @@ def _fold_constraint(blocks: torch.Tensor, constraint: float, name: str, tensors
 def _roots_for(base: str | None) -> list[Root] | None:
     if not base:
         return None
-    from .. import sd
-    return sd.roots(sd.load_pipeline(base, tokenizer=False))
+    return sd_roots(load_pipeline(base, tokenizer=False))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .. import sd
 from ..config import AdapterConfig
-from ..errors import ConfigError, TargetError
+from ..errors import ConfigError, TargetError, did_you_mean
 from ..inject import Root, layer_of, select_targets
 from ..network import network_from_tensors
 from .args import add_common, add_option
@@ -148,7 +149,6 @@ def extract(base: Any, tuned: Any, out: str | None = None, *, dtype: torch.dtype
                      suggest="extracted.safetensors")
     bad = set(options) - set(ExtractOptions.__dataclass_fields__)
     if bad:
-        from ..errors import did_you_mean
         k = sorted(bad)[0]
         raise ConfigError(f"unknown extract option {k!r}{did_you_mean(k, ExtractOptions.__dataclass_fields__)}")
     opts = ExtractOptions(**options)
@@ -170,7 +170,6 @@ def extract(base: Any, tuned: Any, out: str | None = None, *, dtype: torch.dtype
 def _roots(base: Any, tuned: Any, opts: ExtractOptions) -> tuple[list[Root], list[Root], dict[str, str]]:
     if isinstance(base, nn.Module) and isinstance(tuned, nn.Module):
         return [Root("lycoris", base)], [Root("lycoris", tuned)], {}
-    from .. import sd
     if not hasattr(base, "unet"):
         base = sd.load_pipeline(base, tokenizer=False)
     if not hasattr(tuned, "unet"):

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from .. import sd
+from ..errors import ConfigError, MissingTokenizerError
 from ..network import Network, network_from_tensors
-from .lowrank import factor
 from .args import add_common, add_option
+from .lowrank import factor
 from .outputs import check_output, staged_folder
 
 log = logging.getLogger("lyco")
@@ -49,8 +50,6 @@ def _inputs(base: str, adapters: list[tuple[str, float]]) -> list[str]:
 def _load_base(base: str, *, single_out: bool) -> Any:
     """The base pipeline; its tokenizers too when they are at hand (a single-file output carries small custom ones,
     so the merged checkpoint of ``builtin:tiny`` loads again), else without them (merging never needs them)."""
-    from .. import sd
-    from ..errors import MissingTokenizerError
     if not single_out:
         return sd.load_pipeline(base)
     try:
@@ -62,7 +61,6 @@ def _load_base(base: str, *, single_out: bool) -> Any:
 def merge_into_pipeline(pipe: Any, adapters: list[tuple[str, float]], *, unet_weight: float = 1.0,
                         te_weight: float = 1.0, strict: bool = True) -> list[Network]:
     """Bake adapters into ``pipe`` in order (each at weight·unet_weight / weight·te_weight)."""
-    from .. import sd
     nets = []
     for path, w in tqdm(adapters, desc="merge", disable=len(adapters) < 2 or not sys.stderr.isatty()):
         net = sd.load(pipe, path, multiplier=w, strict=strict)
@@ -87,8 +85,7 @@ def merge_into_checkpoint(base: str, adapters: list[tuple[str, float]], out: str
     merge_into_pipeline(pipe, adapters, unet_weight=unet_weight, te_weight=te_weight, strict=strict)
     torch_dtype = DTYPES[dtype]
     if single:
-        from ..sd.single_file import save_single_file
-        save_single_file(pipe, out, dtype=torch_dtype, overwrite=overwrite,
+        sd.save_single_file(pipe, out, dtype=torch_dtype, overwrite=overwrite,
                          metadata={"lyco.merged_from": json.dumps([[base, 1.0]] + [[p, w] for p, w in adapters])})
     else:
         if torch_dtype is not None:
@@ -158,7 +155,6 @@ def merge_adapter_networks(nets: list[tuple[Network, float]], roots, rank: int |
 def merge_adapters(base: str, adapters: list[tuple[str, float]], out: str, *, rank: int | None = None,
                    dtype: str | None = "fp16", overwrite: bool = False, strict: bool = True) -> AdapterMergeReport:
     """Merge several adapter files into one adapter file (see the module docstring)."""
-    from .. import sd
     check_output(out, _inputs(base, adapters), overwrite=overwrite, suggest="merged.safetensors")
     if rank is not None and rank < 1:
         raise ConfigError(f"--rank must be at least 1 (got {rank})")

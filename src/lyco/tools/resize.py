@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .. import sd
 from ..errors import ConfigError, FileFormatError
-from ..io.files import group_by_module, read_file, write_file
+from ..io.files import group_by_module, model_hashes, read_file, write_file
 from ..network import Network
 from .args import add_common
 from .lowrank import factor, lowrank_svd, select_rank
@@ -141,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     tensors, meta = read_file(a.input)
     if a.base:
-        from .. import sd
         pipe = sd.load_pipeline(a.base, tokenizer=False)
         net = sd.load(pipe, a.input, strict=not a.ignore_unmatched)
         out, rep = resize_network(net, mode, param, progress=sys.stderr.isatty())
@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     meta.pop("sshs_model_hash", None)
     meta.pop("sshs_legacy_hash", None)
     meta["lyco.resized"] = f"{mode}={param}; retained energy {rep.retained:.6f}"
-    from ..io.files import model_hashes
     cast = {k: (v.float() if k.endswith(".alpha") else v.to(dtype)).contiguous() for k, v in out.items()}
     if "ss_network_dim" in meta:
         ranks = sorted({r for _, r, _ in rep.layers.values()})

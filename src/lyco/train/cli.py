@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .config import load_config
+from .config import load_train_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one value (repeatable)")
     ap.add_argument("--resume", help="'latest' or a state folder")
     a = ap.parse_args(argv)
-    cfg = load_config(a.config, a.set)
+    cfg = load_train_config(a.config, a.set)
     from .loop import train
     logging.getLogger("lyco").setLevel(logging.INFO)
     path = train(cfg, resume=a.resume)

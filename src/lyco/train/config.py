@@ -216,9 +216,9 @@ def _set(data: dict, dotted: str, raw: str) -> None:
         cur[last] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict | None = None) -> TrainConfig:
-    """Read, override (``a.b=c``) and validate a run file."""
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      data: dict | None = None) -> TrainConfig:
+    """Read, override (``a.b=c``) and validate a training run file (``data``: the parsed TOML instead of a file)."""
     source = str(path) if path else "<config>"
     if data is None:
         p = Path(path)  # type: ignore[arg-type]

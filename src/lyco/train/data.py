@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from ..errors import ConfigError
+from ..io.images import load_rgb
 from .config import DatasetConfig, SubsetConfig
 
 log = logging.getLogger("lyco")
@@ -86,31 +87,6 @@ class DatasetScan:
         for sk in self.skipped:
             lines.append(f"  skipped {sk.path}: {sk.reason}")
         return "\n".join(lines)
-
-
-def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> tuple[Image.Image, str | None]:
-    """Open an image as 8-bit RGB; returns (image, conversion note or None)."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        mode = im.mode
-        note = None
-        if mode in ("RGBA", "LA") or (mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (*background, 255))
-            im = Image.alpha_composite(bg, rgba).convert("RGB")
-            note = "alpha composited"
-        elif mode in ("I;16", "I;16B", "I;16L", "I"):
-            import numpy as np
-            arr = np.asarray(im, dtype=np.float64)
-            hi = 65535.0 if arr.max() > 255 else 255.0
-            im = Image.fromarray((arr / hi * 255.0).round().clip(0, 255).astype("uint8")).convert("RGB")
-            note = "16-bit to 8-bit"
-        elif mode != "RGB":
-            im = im.convert("RGB")
-            note = f"{mode} to RGB"
-        else:
-            im = im.copy()
-    return im, note
 
 
 def _scan_subset(cfg: SubsetConfig, idx: int, min_side: int, repeats_hint: int | None, name: str) -> SubsetScan:

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -20,13 +21,14 @@ from tqdm.auto import tqdm
 from .. import sd
 from ..config import AdapterConfig
 from ..errors import StateError, TrainingError
+from ..io.images import load_rgb
 from . import checkpoint as ckpt
 from .buckets import Batch, assign, bucket_table, crop_box, make_buckets, plan_epoch
 from .config import TrainConfig
-from .data import DatasetScan, ImageItem, load_rgb, process_caption, scan_dataset
+from .data import DatasetScan, ImageItem, process_caption, scan_dataset
 from .family import encode, loss_fn, sdxl_time_ids, unet_kwargs
-from .optim import build_optimizer, build_scheduler, param_groups
-from .sample import parse_prompt, sample_and_save
+from .optim import apply_max_norm, build_optimizer, build_scheduler, param_groups
+from .sample import parse_sample_prompt, sample_and_save
 
 log = logging.getLogger("lyco")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -251,7 +253,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     text_cache: dict[str, dict] = {}
     cache_text = t_cfg.cache_text and not n_cfg.train_text_encoder
     resolution = cfg.datasets[0].resolution
-    prompts = [parse_prompt(p, cfg.sample, resolution, i) for i, p in enumerate(cfg.sample.prompts)]
+    prompts = [parse_sample_prompt(p, cfg.sample, resolution, i) for i, p in enumerate(cfg.sample.prompts)]
     save_dtype = SAVE_DTYPES[cfg.save.dtype]
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     tag_freq = Counter(t.strip() for it in items for t in it.caption.split(",") if t.strip())
@@ -298,7 +300,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
                 path, images = sample_and_save(pipe, prompts, run.out / "samples", tag, device, cfg.model.clip_skip)
                 log.info("lyco: samples %s", path)
                 if run.tb is not None:
-                    import numpy as np
                     for i, (p, im) in enumerate(zip(prompts, images)):
                         run.tb.add_image(f"samples/{i}: {p.prompt[:60]}", np.asarray(im), global_step, dataformats="HWC")
             except Exception as exc:  # noqa: BLE001 - sampling must not kill training unless asked
@@ -393,7 +394,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
 
 
 def net_max_norm(net, max_norm: float) -> tuple[int, float, float]:
-    from .optim import apply_max_norm
     return apply_max_norm(net, max_norm)
 
 

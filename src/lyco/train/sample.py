@@ -33,7 +33,8 @@ class SamplePrompt:
     sampler: str
 
 
-def parse_prompt(line: str, cfg: SampleConfig, resolution: int, index: int) -> SamplePrompt:
+def parse_sample_prompt(line: str, cfg: SampleConfig, resolution: int, index: int) -> SamplePrompt:
+    """A sample prompt line with kohya's inline flags (``--w --h --d --s --l --n --ss``) over the config defaults."""
     base = SamplePrompt("", cfg.width or resolution, cfg.height or resolution, cfg.seed + index, cfg.steps, cfg.cfg,
                         cfg.negative, cfg.sampler)
     parts = _FLAG.split(" " + line)

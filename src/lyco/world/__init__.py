@@ -7,6 +7,7 @@ base model (``builtin:tiny``, Stable Diffusion architecture) and tiny evaluation
     pipe = lyco.world.model.load_pipeline("builtin:tiny")
     checks.concept_score(image, "olis")                                             # how much it shows olis
 
-Submodules import lazily; torch/diffusers are only needed for ``model``, ``sampling``, ``checks``, ``backbones``.
-See ``lyco/world/README.md``.
+``lyco.world`` itself imports nothing: import the submodules you use.  ``render``, ``concepts``, ``dataset`` and
+``text`` are numpy / Pillow code; ``model`` and ``sampling`` load lyco-tiny with diffusers (its files are found through
+:mod:`lyco.builtin`), ``backbones`` and ``checks`` are torch models.  See ``lyco/world/README.md``.
 """

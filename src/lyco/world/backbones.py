@@ -16,14 +16,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import FileFormatError, LycoError, did_you_mean
-from .model import BUILTIN_PREFIX, DATA_DIR
-
-BACKBONE_DIR = DATA_DIR / "backbones"
-BUILTIN_BACKBONES = {"clip": BACKBONE_DIR / "clip", "dino": BACKBONE_DIR / "dino", "vgg": BACKBONE_DIR / "vgg"}
+from .. import builtin
+from ..builtin import BackboneNotFoundError
+from ..errors import FileFormatError
 
 #: torchvision's VGG-19 ("E") layer plan: channel counts and "M" for max-pool
 VGG19_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
@@ -33,24 +33,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneNotFoundError(LycoError, FileNotFoundError):
-    """A backbone id or folder does not exist."""
-
-
 def resolve_backbone(name_or_path: str | os.PathLike[str], kind: str) -> str:
-    """``builtin:clip`` / ``builtin:dino`` / ``builtin:vgg`` -> shipped folder; anything else unchanged."""
+    """``builtin:clip`` / ``builtin:dino`` / ``builtin:vgg`` -> the shipped folder (:func:`lyco.builtin.resolve`);
+    anything else (a folder, a file, a hub id) unchanged."""
     text = os.fspath(name_or_path)
-    if not text.startswith(BUILTIN_PREFIX):
-        return text
-    name = text[len(BUILTIN_PREFIX):]
-    if name not in BUILTIN_BACKBONES:
-        raise BackboneNotFoundError(f"unknown built-in backbone {text!r}{did_you_mean(name, BUILTIN_BACKBONES)}")
-    if name != kind:
-        raise BackboneNotFoundError(f"{text!r} is a {name} backbone, not a {kind} one")
-    path = BUILTIN_BACKBONES[name]
-    if not path.is_dir():
-        raise BackboneNotFoundError(f"built-in backbone {text!r} is missing at {path}; run scripts/train_backbones.py")
-    return str(path)
+    return str(builtin.resolve(text, kind)) if builtin.is_builtin(text) else text
 
 
 def load_clip(name_or_path: str = "builtin:clip") -> tuple[Any, Any]:
@@ -176,7 +163,6 @@ def load_vgg(name_or_path: str | os.PathLike[str] = "builtin:vgg") -> VGG19:
     if not path.is_file():
         raise BackboneNotFoundError(f"VGG weights not found at {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -185,7 +171,6 @@ def load_vgg(name_or_path: str | os.PathLike[str] = "builtin:vgg") -> VGG19:
 
 # ------------------------------------------------------------------------------------------ embeddings
 def _pil(images: Any) -> list[Any]:
-    import numpy as np
     from PIL import Image
     return [im if hasattr(im, "convert") else Image.fromarray(np.asarray(im)) for im in images]
 
@@ -217,10 +202,10 @@ def dino_embeds(model: Any, processor: Any, images: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gram_vectors(vgg: VGG19, images: Any, relu: bool = True) -> torch.Tensor:
+def unit_gram_vectors(vgg: VGG19, images: Any, relu: bool = True) -> torch.Tensor:
     """Flattened Gram matrices at conv1_1 … conv5_1 (after their ReLU when ``relu``), each scaled to unit norm so
-    that every layer weighs the same, concatenated."""
-    import numpy as np
+    that every layer weighs the same, concatenated: the world's style descriptor.  (The evaluation's style loss uses
+    :func:`lyco.eval.backbones.style_gram_vectors`, which does not normalise.)"""
     x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im)
                                    for im in images])).permute(0, 3, 1, 2).float() / 255.0
     taps = tuple(i + 1 for i in STYLE_TAPS) if relu else STYLE_TAPS

@@ -9,18 +9,21 @@ also reads generated images.  Its weights ship in ``lyco/data/world/classifier.s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..builtin import DATA_DIR
 from ..errors import LycoError
+from ..io.atomic import atomic_path
 from . import render as R
 from .concepts import CONCEPTS, Concept, PromptSpec, get_concept
-from .model import DATA_DIR
 
 CLASSIFIER_PATH = DATA_DIR / "world" / "classifier.safetensors"
 
@@ -184,13 +187,11 @@ def finetune_on_decoded(net: WorldClassifier, vae: nn.Module, seed: int = 0, n_i
 
 
 def save_classifier(net: WorldClassifier, path: str | Path = CLASSIFIER_PATH) -> None:
-    from safetensors.torch import save_file
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().half().contiguous() for k, v in net.state_dict().items()}, str(path))
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().half().contiguous() for k, v in net.state_dict().items()}, str(tmp))
 
 
 def load_classifier(path: str | Path = CLASSIFIER_PATH) -> WorldClassifier:
-    from safetensors.torch import load_file
     if not Path(path).is_file():
         raise ClassifierMissingError(f"world classifier weights not found at {path}; "
                                      "run scripts/train_backbones.py to make them")
@@ -310,6 +311,7 @@ __all__ = [
     "concept_score",
     "concept_scores",
     "load_classifier",
+    "parse_scene_prompt",
     "read_images",
     "region_colours",
     "save_classifier",
@@ -317,9 +319,9 @@ __all__ = [
 ]
 
 
-def parse_prompt(prompt: str) -> PromptSpec:
-    """The attributes a world prompt asks for, read from its words (sentence or tag form)."""
-    import re
+def parse_scene_prompt(prompt: str) -> PromptSpec:
+    """The scene a micro-world prompt asks for (concept, shape, colour, background, style, ...), read from its
+    words (sentence or tag form)."""
     words = re.findall(r"[a-z]+", prompt.lower())
     attrs: dict[str, str] = {}
     triggers = {c.trigger: c for c in CONCEPTS.values()}

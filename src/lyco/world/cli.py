@@ -12,8 +12,14 @@ import argparse
 import logging
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ConfigError
+from . import checks as K
+from . import render as R
+from .concepts import CONCEPTS, get_concept
+from .dataset import base_items, concept_items, write_dataset
+from .sampling import generate
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> int:
-    from .concepts import CONCEPTS
     print(f"{'name':<6} {'descriptor':<16} {'category':<10} {'images':>6} {'repeats':>7}  description")
     for c in CONCEPTS.values():
         print(f"{c.name:<6} {c.descriptor:<16} {c.category:<10} {c.n_images:>6} {c.repeats:>7}  {c.description}")
@@ -63,14 +68,10 @@ def _list() -> int:
 
 
 def _save(img: np.ndarray, path: str) -> None:
-    from PIL import Image
     Image.fromarray(img).save(path)
 
 
 def _render(args: argparse.Namespace) -> int:
-    from . import render as R
-    from .concepts import get_concept
-    from .dataset import base_items, concept_items
     if args.concept:
         items = concept_items(get_concept(args.concept), args.seed, args.size, args.n)
     else:
@@ -83,8 +84,6 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from . import render as R
-    from .sampling import generate
     images, prompts = [], []
     for p in args.prompt:
         prompts += [p] * args.n
@@ -95,11 +94,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from . import checks as K
     imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BOX)) for p in args.images])
-    spec = K.parse_prompt(args.prompt) if args.prompt else None
+    spec = K.parse_scene_prompt(args.prompt) if args.prompt else None
     for path, reading in zip(args.images, K.read_images(imgs)):
         line = ", ".join(f"{k}={v}({reading.probs[k][v]:.2f})" for k, v in reading.labels.items())
         if spec is not None:
@@ -114,7 +110,6 @@ def main(argv: list[str]) -> int:
     if args.cmd == "list":
         return _list()
     if args.cmd == "make-dataset":
-        from .dataset import write_dataset
         info = write_dataset(args.name, args.out, seed=args.seed, size=args.size, n=args.n_images,
                              overwrite=args.force)
         log.info("wrote %d images to %s and prompt sets to %s/prompts", info.n_images, info.image_dir, info.root)

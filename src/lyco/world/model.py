@@ -1,4 +1,4 @@
-"""The ``lyco-tiny`` base model: configs, the ``builtin:tiny`` model id, and the pipeline loader.
+"""The ``lyco-tiny`` base model: its configs and the pipeline loader (``builtin:tiny`` ids: :mod:`lyco.builtin`).
 
 ``lyco-tiny`` is a Stable Diffusion 1.x-architecture model (AutoencoderKL + UNet2DConditionModel with
 cross-attention + CLIPTextModel and CLIPTokenizer) pretrained on the micro-world at 32×32 pixels
@@ -11,42 +11,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import LycoError
+import torch
 
-BUILTIN_PREFIX = "builtin:"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-BUILTIN_MODELS = {"tiny": DATA_DIR / "tiny"}
+from .. import builtin
+from ..sd import load_pipeline as sd_load_pipeline
+
 IMAGE_SIZE = 32
 
 
-class ModelNotFoundError(LycoError, FileNotFoundError):
-    """A model id or path does not name a model folder."""
-
-
-def is_builtin(model_id: str) -> bool:
-    return isinstance(model_id, str) and model_id.startswith(BUILTIN_PREFIX)
-
-
-def resolve_model(model_id: str | os.PathLike[str]) -> Path:
-    """``builtin:tiny`` -> the shipped folder; any other string is returned as a path."""
-    text = os.fspath(model_id)
-    if is_builtin(text):
-        name = text[len(BUILTIN_PREFIX):]
-        if name not in BUILTIN_MODELS:
-            from ..errors import did_you_mean
-            raise ModelNotFoundError(f"unknown built-in model {text!r}{did_you_mean(name, BUILTIN_MODELS)}; "
-                                     f"built-ins: {', '.join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)}")
-        path = BUILTIN_MODELS[name]
-        if not (path / "model_index.json").is_file():
-            raise ModelNotFoundError(f"the built-in model {text!r} is missing its files at {path}; "
-                                     "reinstall lyco or run scripts/pretrain_tiny.py")
-        return path
-    return Path(text)
-
-
 def tiny_model_path() -> Path:
-    """The folder of the shipped ``lyco-tiny`` model (what ``builtin:tiny`` names)."""
-    return resolve_model(BUILTIN_PREFIX + "tiny")
+    """The folder of the shipped ``lyco-tiny`` model (what ``builtin:tiny`` names; see :mod:`lyco.builtin`)."""
+    return builtin.resolve(builtin.PREFIX + "tiny")
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -84,10 +59,7 @@ def scheduler_config() -> dict[str, Any]:
 def load_pipeline(model_id: str | os.PathLike[str] = "builtin:tiny", device: str = "cpu", dtype: Any = None) -> Any:
     """``StableDiffusionPipeline`` for ``model_id`` (``builtin:tiny`` by default) through lyco's offline loader,
     with a DDIM scheduler (what the world's checks sample with), on ``device``."""
-    import torch
     from diffusers import DDIMScheduler
-
-    from ..sd import load_pipeline as sd_load_pipeline
 
     pipe = sd_load_pipeline(model_id, torch_dtype=None if dtype in (None, torch.float32) else dtype)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

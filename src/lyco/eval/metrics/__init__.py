@@ -1,4 +1,4 @@
-"""Metric classes and their registry (spec §10).
+"""Metric classes and their registry (definitions: docs/EVALUATION.md §5).
 
 A metric is fed the features of one image set (one checkpoint, one leaf, one prompt type) and returns numbers::
 
@@ -210,7 +210,7 @@ def higher_is_better(name: str) -> bool:
 
 
 def metric_label(metric: str, encoder: str, resize: str, prompt_type: str) -> str:
-    """``<Metric> (<encoder>-<resize>) (<prompt type>)`` (spec §4 identifiers)."""
+    """``<Metric> (<encoder>-<resize>) (<prompt type>)`` (docs/EVALUATION.md §5, identifiers)."""
     enc = f"{encoder}-{resize}" if resize else encoder
     return f"{get_metric(metric).display} ({enc}) ({prompt_type})"
 

@@ -1,4 +1,4 @@
-"""The metrics of the evaluation framework as pure numpy functions on feature matrices (spec §4).
+"""The metrics of the evaluation framework as pure numpy functions on feature matrices (docs/EVALUATION.md §5).
 
 Rows are items (images), columns are feature dimensions.  Everything is computed in float64.
 """
@@ -33,7 +33,7 @@ def centroid(z: np.ndarray) -> np.ndarray:
 
 
 def image_similarity(ref: np.ndarray, gen: np.ndarray) -> float:
-    """S_C: mean cosine over all (reference, generated) pairs = ⟨z̄1, z̄2⟩ (§4.1); higher is better."""
+    """S_C: mean cosine over all (reference, generated) pairs = ⟨z̄1, z̄2⟩ (§5.1); higher is better."""
     return float(centroid(ref) @ centroid(gen))
 
 
@@ -43,20 +43,20 @@ def all_pairs_cosine(ref: np.ndarray, gen: np.ndarray) -> float:
 
 
 def squared_centroid_distance(ref: np.ndarray, gen: np.ndarray) -> float:
-    """SCD = ‖z̄1 − z̄2‖² on normalised features (§4.2); lower is better."""
+    """SCD = ‖z̄1 − z̄2‖² on normalised features (§5.2); lower is better."""
     d = centroid(ref) - centroid(gen)
     return float(d @ d)
 
 
 def set_variance(z: np.ndarray) -> float:
-    """V = (1/n) Σ‖ẑ_i − z̄‖² = 1 − ‖z̄‖² for unit rows (§4.3)."""
+    """V = (1/n) Σ‖ẑ_i − z̄‖² = 1 − ‖z̄‖² for unit rows (§5.3)."""
     zn = normalize(z)
     c = zn.mean(axis=0)
     return float(((zn - c) ** 2).sum(axis=1).mean())
 
 
 def vendi_score(z: np.ndarray) -> float:
-    """Vendi score with a linear kernel on normalised features, q = 1 (§4.5): exp of the entropy of the
+    """Vendi score with a linear kernel on normalised features, q = 1 (§5.5): exp of the entropy of the
     eigenvalues of K/n.  In [1, n]; the smaller Gram matrix (n×n or d×d) is decomposed."""
     x = normalize(z)
     n, d = x.shape
@@ -77,7 +77,7 @@ def vendi_per_group(z: np.ndarray, groups: np.ndarray) -> float:
 
 
 def paired_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over i of cos(a_i, b_i): text–image similarity (§4.4) and seed-matched image similarity."""
+    """Mean over i of cos(a_i, b_i): text–image similarity (§5.4) and seed-matched image similarity."""
     x, y = normalize(a), normalize(b)
     if x.shape != y.shape:
         raise ValueError(f"paired features must have the same shape, got {x.shape} and {y.shape}")
@@ -90,7 +90,7 @@ def gram_dims(channels: tuple[int, ...] | list[int]) -> int:
 
 
 def style_loss(gen: np.ndarray, base: np.ndarray) -> float:
-    """Mean over matched pairs of L_style = ‖g(x) − g(x′)‖² (§4.6); lower is better."""
+    """Mean over matched pairs of L_style = ‖g(x) − g(x′)‖² (§5.6); lower is better."""
     a, b = as_matrix(gen), as_matrix(base)
     if a.shape != b.shape:
         raise ValueError(f"style loss pairs images by seed: got {a.shape[0]} and {b.shape[0]} Gram vectors")
@@ -98,7 +98,7 @@ def style_loss(gen: np.ndarray, base: np.ndarray) -> float:
 
 
 def style_similarity(ref: np.ndarray, gen: np.ndarray) -> float:
-    """All-pairs mean squared distance between Gram vectors (§4.7): ‖ḡ1 − ḡ2‖² + V1 + V2, unnormalised; lower
+    """All-pairs mean squared distance between Gram vectors (§5.7): ‖ḡ1 − ḡ2‖² + V1 + V2, unnormalised; lower
     is better."""
     a, b = as_matrix(ref), as_matrix(gen)
     ma, mb = a.mean(axis=0), b.mean(axis=0)

@@ -1,6 +1,6 @@
 """Builders shared by the ``test_eval_*`` tests: tiny random backbones in the real on-disk formats (transformers
 CLIPModel / Dinov2Model folders, a torchvision-format VGG-19 state dict), a tiny SD pipeline folder, a strong LoRA and
-a dataset made by it.  (No tests here; imported by the other test_eval modules.)"""
+a dataset made by it.  (Not a test module; imported by the test_eval_* modules.)"""
 from __future__ import annotations
 
 import os
