@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tomllib
@@ -19,6 +20,8 @@ from lyco.train.config import BucketConfig, load_config
 from lyco.train.data import process_caption, scan_dataset
 from helpers import toml_dumps
 from train_fixtures import base_config, child_env, image_folder, tiny_model_dir
+
+DRIVER = Path(__file__).parent / "train_driver.py"
 
 
 @pytest.fixture(scope="module")
@@ -177,13 +180,18 @@ def _write_toml(path: Path, data: dict) -> None:
     assert tomllib.loads(path.read_text()) == data
 
 
-def _train_subprocess(cfg: dict, tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _cfg_file(cfg: dict, tmp: Path) -> Path:
     p = tmp / f"cfg-{abs(hash(json.dumps(cfg, sort_keys=True))) % 10**8}.toml"
     _write_toml(p, cfg)
-    e = child_env()
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "lyco", "train", str(p), *args], capture_output=True, text=True,
-                          env=e, timeout=600)
+    return p
+
+
+def _train_subprocess(cfg: dict, tmp: Path, *args: str, hook: str | None = None) -> subprocess.CompletedProcess:
+    """``lyco train`` in a child process; ``hook`` (see tests/train_driver.py), e.g. ``state:2:kill``, runs it with
+    a test callback that signals the process at a given step."""
+    p = _cfg_file(cfg, tmp)
+    cmd = [sys.executable, "-m", "lyco", "train"] if hook is None else [sys.executable, str(DRIVER), hook]
+    return subprocess.run([*cmd, str(p), *args], capture_output=True, text=True, env=child_env(), timeout=600)
 
 
 def test_short_run_writes_adapter_samples_logs(model_dir, tmp_path):
@@ -235,9 +243,9 @@ def test_resume_bit_identical_and_counters_continue(model_dir, tmp_path):
     r = _train_subprocess(a, tmp_path / "a")
     assert r.returncode == 0, r.stderr[-3000:]
     # b: killed right after the step-2 state, resumed, killed after step 4, resumed again (resume of resume)
-    r1 = _train_subprocess(b, tmp_path / "b", env={"LYCO_DEBUG_KILL_AT_STEP": "2"})
+    r1 = _train_subprocess(b, tmp_path / "b", hook="state:2:kill")
     assert r1.returncode != 0
-    r2 = _train_subprocess(b, tmp_path / "b", "--resume", "latest", env={"LYCO_DEBUG_KILL_AT_STEP": "4"})
+    r2 = _train_subprocess(b, tmp_path / "b", "--resume", "latest", hook="state:4:kill")
     assert r2.returncode != 0 and "resumed from" in r2.stderr and "at step 2" in r2.stderr
     r3 = _train_subprocess(b, tmp_path / "b", "--resume", "latest")
     assert r3.returncode == 0, r3.stderr[-3000:]
@@ -259,14 +267,20 @@ def test_incomplete_state_is_ignored(model_dir, tmp_path):
         ck.find_state(tmp_path / "run", str(tmp_path / "run" / "state" / "step-00000004"))
 
 
-def test_run_dir_is_never_reused_silently(tmp_path):
-    from lyco.train.checkpoint import prepare_output_dir
+def test_run_dir_is_never_reused_silently(tmp_path, caplog):
+    from lyco.train.outputs import prepare_output_dir
     d = tmp_path / "run"
     d.mkdir()
     (d / "x").write_text("1")
     assert prepare_output_dir(d, overwrite=False, resuming=False).name == "run-1"
     assert (d / "x").exists()
-    assert prepare_output_dir(d, overwrite=True, resuming=False) == d and not (d / "x").exists()
+    # overwrite = true replaces the folder's contents, but never deletes them: they are moved aside and reported
+    with caplog.at_level(logging.WARNING, logger="lyco"):
+        assert prepare_output_dir(d, overwrite=True, resuming=False) == d and not (d / "x").exists()
+    assert d.is_dir() and not any(d.iterdir())
+    backups = list(tmp_path.glob("run.bak-*"))
+    assert len(backups) == 1 and (backups[0] / "x").read_text() == "1"
+    assert str(backups[0]) in caplog.text and "nothing was deleted" in caplog.text
 
 
 def test_ddp_two_processes_equal_one_process(model_dir, tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, StateError
+from ..errors import StateError
 
 log = logging.getLogger("lyco")
 MARKER = "COMPLETE"
@@ -121,24 +121,3 @@ def rotate_exports(out_dir: Path, name: str, keep: int | None) -> None:
     files = sorted((p for p in out_dir.iterdir() if pat.match(p.name)), key=lambda p: p.stat().st_mtime)
     for p in files[:-keep]:
         p.unlink(missing_ok=True)
-
-
-def prepare_output_dir(path: Path, overwrite: bool, resuming: bool) -> Path:
-    """Never reuse an existing run dir silently: resume, overwrite = true, or an auto-suffixed new dir."""
-    if resuming:
-        if not path.is_dir():
-            raise ConfigError(f"--resume: the run folder {path} does not exist")
-        return path
-    if path.exists() and any(path.iterdir()):
-        if overwrite:
-            shutil.rmtree(path)
-        else:
-            k = 1
-            while Path(f"{path}-{k}").exists():
-                k += 1
-            new = Path(f"{path}-{k}")
-            log.warning("lyco: %s exists and is not empty; writing this run to %s (set overwrite = true to replace "
-                        "it, or --resume latest to continue it)", path, new)
-            path = new
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -156,7 +156,10 @@ class SaveConfig(Strict):
 class LogConfig(Strict):
     tensorboard: StrictBool = True
     wandb: StrictBool = False
-    every_n_steps: StrictInt = Field(1, ge=1)
+    every_n_steps: StrictInt = Field(1, ge=1, description="TensorBoard scalars every N steps")
+    print_every_n_steps: StrictInt | None = Field(None, ge=1, description="read the loss back and show it every N "
+                                                  "steps (a line when stderr is not a terminal); default: about 20 "
+                                                  "times a run, at least every 100 steps")
 
 
 class TrainConfig(Strict):
