@@ -152,7 +152,7 @@ def list_exports(folder: Path, name: str) -> list[Export]:
             continue
         meta = read_metadata(p)
         out.append(Export(p, int(meta.get("ss_steps", 0)), int(meta.get("ss_epoch", 0)), m.group("kind") is None))
-    return sorted(out, key=lambda e: (e.step, e.final))
+    return sorted(out, key=lambda e: (e.step, e.epoch, e.final))
 
 
 def write_finished(folder: Path, name: str, final: Path, config_hash: str) -> Path:
