@@ -427,3 +427,27 @@ def test_ddp_two_processes_equal_one_process(model_dir, tmp_path):
     for k in fa:
         assert torch.allclose(fa[k], fb[k], atol=1e-5, rtol=1e-4), k
     assert len(list((tmp_path / "two").glob("run*"))) == 1  # one output folder, written by the main process
+
+
+@pytest.mark.slow
+def test_ddp_ctrl_c_on_one_process_stops_every_process_at_the_same_step(model_dir, tmp_path):
+    """torchrun, 2 processes: a SIGINT that reaches only process 0 stops both after the same step with one
+    complete state (both RNG files); `--resume latest` under torchrun finishes the run."""
+    data = image_folder(tmp_path, n=6)
+    cfg = base_config(tmp_path, model_dir, data, **{"train.steps": 4},
+                      datasets=[{"resolution": 32, "batch_size": 1, "folders": [str(data)], "bucket": {"step": 8}}])
+    p = _cfg_file(cfg, tmp_path)
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
+    r1 = subprocess.run([*run, str(DRIVER), "step:2:int:0", str(p)], capture_output=True, text=True,
+                        env=child_env(), timeout=600)
+    assert r1.returncode != 0
+    state = tmp_path / "run" / "state" / "step-00000002"
+    assert (state / "COMPLETE").is_file() and (state / "rng-rank0.pt").is_file() and (state / "rng-rank1.pt").is_file()
+    assert r1.stderr.count("resume with:") == 1 and "interrupted by SIGINT at step 2 of 4" in r1.stderr
+    r2 = subprocess.run([*run, "-m", "lyco", "train", str(p), "--resume", "latest"], capture_output=True, text=True,
+                        env=child_env(), timeout=600)
+    assert r2.returncode == 0, r2.stderr[-4000:]
+    assert "at step 2" in r2.stderr
+    from lyco.train.outputs import run_status
+    assert run_status(tmp_path / "run").state == "finished" and run_status(tmp_path / "run").step == 4
+

@@ -167,3 +167,34 @@ def test_resume_from_a_missing_state_path_is_an_error_before_anything_runs(tmp_p
     with pytest.raises(lyco.StateError) as e:
         _train(cfg, str(tmp_path / "run" / "state" / "step-00000002"))
     assert "not a complete training state" in str(e.value) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(tty, tmp_path, monkeypatch, caplog):
+    import sys
+    import torch
+    from types import SimpleNamespace
+    from lyco.train.log import RunLog
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    acc = SimpleNamespace(is_main_process=True, is_local_main_process=True, num_processes=1,
+                          device=torch.device("cpu"))
+    cfg = SimpleNamespace(log=SimpleNamespace(every_n_steps=1, print_every_n_steps=5, tensorboard=False))
+    rl = RunLog(cfg, acc, tmp_path, total=12)
+    rl.open(0)
+    with caplog.at_level("INFO", logger="lyco"):
+        for step in range(1, 13):
+            rl.losses.add(torch.tensor(float(step)))
+            rl.step(step, 0, [1e-3])
+    lines = [r.getMessage() for r in caplog.records if "step " in r.getMessage()]
+    assert (rl.bar is not None) == tty
+    if tty:
+        assert lines == [] and rl.bar.n == 12
+    else:  # one line per 5 steps and at the end; the loss shown is the smoothed one
+        assert [ln.split(":")[1].strip() for ln in lines] == ["step 5/12 (epoch 0)", "step 10/12 (epoch 0)",
+                                                               "step 12/12 (epoch 0)"]
+        ema = 1.0
+        for v in (2.0, 3.0, 4.0, 5.0):
+            ema = 0.98 * ema + 0.02 * v
+        assert f"loss {ema:.4f} (ema)" in lines[0]
+    rl.close()
+    assert rl.losses.pending == []                                # every loss was read back at the log steps

@@ -2,9 +2,9 @@
 
     python tests/train_driver.py HOOK ARGS...
 
-HOOK is ``none``, or ``EVENT:STEP:ACTION``: when the trainer emits EVENT (``step``, ``state``, ``epoch``) at
+HOOK is ``none``, or ``EVENT:STEP:ACTION[:RANK]``: when the trainer emits EVENT (``step``, ``state``, ``epoch``) at
 optimizer step STEP, do ACTION — ``kill`` (SIGKILL: a crash), ``int`` (one SIGINT: Ctrl-C), ``int2`` (two SIGINTs:
-Ctrl-C twice), ``term`` (SIGTERM).
+Ctrl-C twice), ``term`` (SIGTERM) — in every process, or only in process RANK of a distributed run.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ ACTIONS = {"kill": [signal.SIGKILL], "int": [signal.SIGINT], "int2": [signal.SIG
 def hook(spec: str):
     if spec == "none":
         return ()
-    event, step, action = spec.split(":")
+    event, step, action, *rank = spec.split(":")
 
     def callback(ev, trainer, progress) -> None:
-        if ev == event and progress.step == int(step):
+        if ev == event and progress.step == int(step) and (not rank or trainer.acc.process_index == int(rank[0])):
             for s in ACTIONS[action]:
                 os.kill(os.getpid(), s)
 

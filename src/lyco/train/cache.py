@@ -46,7 +46,8 @@ class LatentSource:
         self.mem: dict[str, torch.Tensor] = {}
         sf = getattr(vae.config, "scaling_factor", 0.18215)
         self.scale, self.shift = sf, getattr(vae.config, "shift_factor", None) or 0.0
-        self.vae_id = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+        vae_config = json.dumps(dict(vae.config), sort_keys=True, default=str)
+        self.vae_id = hashlib.sha256(vae_config.encode()).hexdigest()[:12]
         self.hits = 0
 
     def key(self, item: ImageItem, bucket: tuple[int, int], box: tuple[int, ...], flip: bool) -> str:

@@ -94,13 +94,17 @@ class RunLog:
         self.losses = LossLog()
         self.ema: float | None = None
         self.bar: Any = None
+        self._redirect: Any = None
         self.start_step, self.t0 = 0, time.perf_counter()
 
     def open(self, step: int) -> None:
         """Start the progress output at ``step`` (after a resume, the bar and the rate continue from there)."""
         self.start_step, self.t0 = step, time.perf_counter()
         if self.show and sys.stderr.isatty():
+            from tqdm.contrib.logging import logging_redirect_tqdm
             self.bar = tqdm(total=self.total, initial=step, desc="train", dynamic_ncols=True)
+            self._redirect = logging_redirect_tqdm()  # log lines print above the bar instead of breaking it
+            self._redirect.__enter__()
 
     def rate(self, step: int) -> float:
         return (step - self.start_step) / max(time.perf_counter() - self.t0, 1e-9)
@@ -145,8 +149,8 @@ class RunLog:
             return
         rate = self.rate(step)
         left = (self.total - step) / rate if rate > 0 else 0.0
-        log.info("lyco: step %d/%d (epoch %d): loss %.4f (ema), lr %.2e, %.2f steps/s, %s left", step, self.total, epoch,
-                 self.ema, lrs[0], rate, time.strftime("%H:%M:%S", time.gmtime(left)))
+        log.info("lyco: step %d/%d (epoch %d): loss %.4f (ema), lr %.2e, %.2f steps/s, %s left", step, self.total,
+                 epoch, self.ema, lrs[0], rate, time.strftime("%H:%M:%S", time.gmtime(left)))
 
     def image(self, tag: str, image: Any, step: int) -> None:
         if self.tb is not None:
@@ -154,6 +158,9 @@ class RunLog:
             self.tb.add_image(tag, np.asarray(image), step, dataformats="HWC")
 
     def close(self) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

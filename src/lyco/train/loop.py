@@ -1,4 +1,4 @@
-"""The training run as phases over a state: build → restore → (micro_step → after_step → after_epoch)… → finish.
+"""The training run as phases: build → restore → (micro_step → after_step → after_epoch)… → finish.
 
 :class:`Trainer` is what is built once (config, accelerator, output folder, data plan, models, optimizer, schedule,
 noise generator, caches, logs); :class:`Progress` is what a training state saves and a resume restores.  Every

@@ -40,6 +40,7 @@ class StopOnSignal:
         self.signum: int | None = None
         self.announce = announce
         self._previous: dict[int, Any] = {}
+        self._group: Any = None
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -63,10 +64,14 @@ class StopOnSignal:
                         "(Ctrl-C again aborts at once)\n".encode())
 
     def requested(self, acc: Any) -> int | None:
-        """The signal to stop on, agreed by every process (a collective call when there are several)."""
+        """The signal to stop on, agreed by every process (a collective call when there are several; on the CPU,
+        through a gloo group, so that asking every step does not wait for the GPU)."""
         flag = self.signum or 0
         if acc.num_processes > 1:
-            t = torch.tensor([flag], device=acc.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            dist = torch.distributed
+            if self._group is None:
+                self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+            t = torch.tensor([flag])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
             flag = int(t.item())
         return flag or None
