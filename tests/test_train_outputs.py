@@ -82,16 +82,17 @@ def test_overwrite_moves_the_previous_run_aside(model_dir, tmp_path):
 
 
 def test_finished_json_lists_every_adapter_with_step_and_epoch(model_dir, tmp_path):
-    data = image_folder(tmp_path, n=4)  # 4 images x 10 repeats / batch 2 = 20 steps per epoch
+    data = image_folder(tmp_path, n=2)  # 2 images x 10 repeats / batch 4 = 5 steps per epoch
     cfg = base_config(tmp_path, model_dir, data, **{"train.steps": None, "train.epochs": 2,
-                                                    "save.every_n_epochs": 1, "save.every_n_steps": 10})
+                                                    "save.every_n_epochs": 1, "save.every_n_steps": 3})
+    cfg["datasets"][0]["batch_size"] = 4
     final = _train(cfg)
     status = run_status(final.parent)
-    assert status.state == "finished" and status.final == final and status.step == 40
+    assert status.state == "finished" and status.final == final and status.step == 10
     assert [(e.path.name, e.step, e.epoch, e.final) for e in status.exports] == [
-        ("t-s00000010.safetensors", 10, 0, False), ("t-s00000020.safetensors", 20, 0, False),
-        ("t-e0001.safetensors", 20, 1, False), ("t-s00000030.safetensors", 30, 1, False),
-        ("t.safetensors", 40, 2, True)]
+        ("t-s00000003.safetensors", 3, 0, False), ("t-e0001.safetensors", 5, 1, False),
+        ("t-s00000006.safetensors", 6, 1, False), ("t-s00000009.safetensors", 9, 1, False),
+        ("t.safetensors", 10, 2, True)]
     assert lyco.io.files.read_metadata(final)["ss_epoch"] == "2"   # epochs done, as kohya writes it
 
 
