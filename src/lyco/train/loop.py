@@ -124,7 +124,7 @@ def _accelerator(cfg: TrainConfig) -> Any:
 
 
 def load_models(cfg: TrainConfig, acc: Any) -> Models:
-    """The pipeline, frozen and cast, with the adapters attached (fp32) and prepared for the processes."""
+    """The pipeline, frozen and cast to the training dtype, with the adapters attached (fp32)."""
     from diffusers import DDPMScheduler
     device, weight_dtype, n = acc.device, DTYPES[cfg.train.mixed_precision], cfg.network
     pipe = sd.load_pipeline(cfg.model.base, prediction_type=cfg.model.prediction_type,
