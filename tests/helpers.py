@@ -220,3 +220,11 @@ def toml_dumps(data: dict) -> str:
             for item in v:
                 lines += [f"[[{k}]]", *table(item)]
     return "\n".join(lines) + "\n"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous in tests that may run side by side)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -35,7 +35,7 @@ import lyco
 SRC = Path(lyco.__file__).resolve().parent
 
 UNITS: dict[str, tuple[str, ...]] = {
-    "base": ("lyco._version", "lyco.errors", "lyco.validation", "lyco.builtin"),
+    "base": ("lyco._version", "lyco.errors", "lyco.validation", "lyco.builtin", "lyco.console"),
     "io": ("lyco.io",),
     "algos": ("lyco.algos",),
     "network": ("lyco", "lyco.config", "lyco.presets", "lyco.inject", "lyco.layer", "lyco.network"),

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import shlex
+import signal
 import subprocess
 import sys
 import tomllib
@@ -17,8 +20,10 @@ import lyco
 from lyco.train.buckets import assign, make_buckets, plan_epoch
 from lyco.train.config import BucketConfig, load_train_config
 from lyco.train.data import process_caption, scan_dataset
-from helpers import toml_dumps
+from helpers import free_port, toml_dumps
 from train_fixtures import base_config, child_env, image_folder, tiny_model_dir
+
+DRIVER = Path(__file__).parent / "train_driver.py"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +64,51 @@ def test_config_cross_field_checks(tmp_path):
     assert "resolution" in str(e.value) and "bucket.step" in str(e.value)
 
 
+@pytest.mark.parametrize("where, key, hint", [
+    ("train", "learning_rate", "did you mean train.lr?"),
+    ("network", "network_dim", "did you mean network.dim?"),
+    ("network", "network_alpha", "did you mean network.alpha?"),
+    ("train", "max_train_steps", "did you mean train.steps?"),
+    ("datasets.0", "train_batch_size", "did you mean datasets[].batch_size?"),
+    ("", "output_name", "did you mean name?"),
+    ("save", "save_every_n_epochs", "did you mean save.every_n_epochs?"),
+    ("", "cache_latents_to_disk", 'did you mean train.cache_latents = "disk"?'),
+])
+def test_kohya_option_names_get_lyco_hints(where, key, hint):
+    data = {"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"]}]}
+    cur = data
+    for k in filter(None, where.split(".")):
+        cur = cur[int(k)] if k.isdigit() else cur.setdefault(k, {})
+    cur[key] = 1
+    with pytest.raises(lyco.ConfigError) as e:
+        load_train_config(data=data)
+    assert f"{key}' (kohya's {key}: {hint})" in str(e.value)
+
+
+def test_kohya_config_sections_are_explained():
+    with pytest.raises(lyco.ConfigError) as e:
+        load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"]}],
+                          "training_arguments": {"learning_rate": 1e-4, "max_train_steps": 100}})
+    msg = str(e.value)
+    assert "a kohya config section" in msg and "[train]" in msg
+    assert "learning_rate -> train.lr" in msg and "max_train_steps -> train.steps" in msg
+
+
+@pytest.mark.parametrize("resolution, step, native, warns", [
+    (512, 64, 512, []), (768, 64, 512, []), (1024, 64, 512, ["far from the model's native 512"]),
+    (512, 64, 1024, ["far from the model's native 1024"]), (100, None, 128, ["not a multiple of 8"]),
+    (96, 12, 128, ["bucket.step 12 is not a multiple of 8"]),
+])
+def test_resolution_warnings(resolution, step, native, warns, caplog):
+    from lyco.train.loop import check_resolution
+    ds = {"folders": ["a"], "resolution": resolution}
+    ds["bucket"] = {"step": step} if step else {"enabled": False}
+    cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [ds]})
+    with caplog.at_level(logging.WARNING, logger="lyco"):
+        check_resolution(cfg, native, 8)
+    assert len(caplog.records) == len(warns) and all(w in caplog.text for w in warns), caplog.text
+
+
 def test_set_overrides(tmp_path):
     cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"]}]},
                       overrides=["train.lr=3e-4", "network.algo=\"lokr\"", "datasets.0.batch_size=4"])
@@ -74,6 +124,30 @@ def test_missing_dataset_path(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- data
+def test_no_usable_images_says_what_was_scanned_and_why(tmp_path):
+    plain = tmp_path / "plain"           # images directly in a `folders` entry: kohya wants N_name subfolders
+    plain.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16)).save(plain / f"{i}.png")
+    (tmp_path / "kf" / "5_x").mkdir(parents=True)
+    (tmp_path / "kf" / "5_x" / "a.txt").write_text("caption without image")
+    (tmp_path / "gifs").mkdir()
+    (tmp_path / "gifs" / "a.gif").write_bytes(b"GIF89a")
+    cases = {"plain": ({"folders": [str(plain)]}, [f"{plain}: 3 images directly in the folder not used",
+                                                    "N_name subfolders", "under `subsets` instead"]),
+             "kf": ({"folders": [str(tmp_path / "kf")]}, [f"{tmp_path / 'kf' / '5_x'}: not a subset: no image files",
+                                                          "found 1 .txt"]),
+             "gifs": ({"subsets": [{"path": str(tmp_path / "gifs")}]}, [f"{tmp_path / 'gifs'}: no image files",
+                                                                        "found 1 .gif"])}
+    for name, (ds, expected) in cases.items():
+        cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [ds]})
+        with pytest.raises(lyco.ConfigError) as e:
+            scan_dataset(cfg.datasets[0])
+        msg = str(e.value)
+        assert "no usable images; scanned:" in msg and all(x in msg for x in expected), (name, msg)
+
+
+
 def _bad_images(d: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (32, 32), (200, 10, 10)).save(d / "good.png")
@@ -177,13 +251,18 @@ def _write_toml(path: Path, data: dict) -> None:
     assert tomllib.loads(path.read_text()) == data
 
 
-def _train_subprocess(cfg: dict, tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _cfg_file(cfg: dict, tmp: Path) -> Path:
     p = tmp / f"cfg-{abs(hash(json.dumps(cfg, sort_keys=True))) % 10**8}.toml"
     _write_toml(p, cfg)
-    e = child_env()
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "lyco", "train", str(p), *args], capture_output=True, text=True,
-                          env=e, timeout=600)
+    return p
+
+
+def _train_subprocess(cfg: dict, tmp: Path, *args: str, hook: str | None = None) -> subprocess.CompletedProcess:
+    """``lyco train`` in a child process; ``hook`` (see tests/train_driver.py), e.g. ``state:2:kill``, runs it with
+    a test callback that signals the process at a given step."""
+    p = _cfg_file(cfg, tmp)
+    cmd = [sys.executable, "-m", "lyco", "train"] if hook is None else [sys.executable, str(DRIVER), hook]
+    return subprocess.run([*cmd, str(p), *args], capture_output=True, text=True, env=child_env(), timeout=600)
 
 
 def test_short_run_writes_adapter_samples_logs(model_dir, tmp_path):
@@ -223,30 +302,77 @@ def test_nan_loss_stops_with_message(model_dir, tmp_path):
     assert "loss became" in msg and "last good state" in msg
 
 
-def test_resume_bit_identical_and_counters_continue(model_dir, tmp_path):
-    data = image_folder(tmp_path, n=5)
-    common = {"train.steps": 6, "save.state_every_n_steps": 2, "train.gradient_accumulation_steps": 2,
-              "network.rank_dropout": 0.2, "datasets": [{"resolution": 32, "batch_size": 2, "folders": [str(data)],
-                                                        "bucket": {"step": 8}, "caption_dropout": 0.3}]}
-    a = base_config(tmp_path / "a", model_dir, data, **common)
-    b = base_config(tmp_path / "b", model_dir, data, **common)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    r = _train_subprocess(a, tmp_path / "a")
+def _resume_config(root: Path, model_dir: Path, data: Path) -> dict:
+    """6 steps, states every 2 steps, accumulation 2, rank dropout and caption dropout (RNG everywhere)."""
+    return base_config(root, model_dir, data, **{
+        "train.steps": 6, "save.state_every_n_steps": 2, "train.gradient_accumulation_steps": 2,
+        "network.rank_dropout": 0.2, "datasets": [{"resolution": 32, "batch_size": 2, "folders": [str(data)],
+                                                  "bucket": {"step": 8}, "caption_dropout": 0.3}]})
+
+
+@pytest.fixture(scope="module")
+def reference_run(model_dir, tmp_path_factory):
+    """An uninterrupted run of :func:`_resume_config`: (data folder, final adapter tensors)."""
+    root = tmp_path_factory.mktemp("reference")
+    data = image_folder(root, n=5)
+    (root / "a").mkdir()
+    r = _train_subprocess(_resume_config(root / "a", model_dir, data), root / "a")
     assert r.returncode == 0, r.stderr[-3000:]
+    return data, load_file(str(root / "a" / "run" / "t.safetensors"))
+
+
+def _assert_same_adapter(expected: dict, path: Path) -> None:
+    got = load_file(str(path))
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+
+
+def test_resume_bit_identical_and_counters_continue(model_dir, reference_run, tmp_path):
+    data, fa = reference_run
+    b = _resume_config(tmp_path / "b", model_dir, data)
+    (tmp_path / "b").mkdir()
     # b: killed right after the step-2 state, resumed, killed after step 4, resumed again (resume of resume)
-    r1 = _train_subprocess(b, tmp_path / "b", env={"LYCO_DEBUG_KILL_AT_STEP": "2"})
+    r1 = _train_subprocess(b, tmp_path / "b", hook="state:2:kill")
     assert r1.returncode != 0
-    r2 = _train_subprocess(b, tmp_path / "b", "--resume", "latest", env={"LYCO_DEBUG_KILL_AT_STEP": "4"})
+    r2 = _train_subprocess(b, tmp_path / "b", "--resume", "latest", hook="state:4:kill")
     assert r2.returncode != 0 and "resumed from" in r2.stderr and "at step 2" in r2.stderr
     r3 = _train_subprocess(b, tmp_path / "b", "--resume", "latest")
     assert r3.returncode == 0, r3.stderr[-3000:]
     assert "at step 4" in r3.stderr
-    fa, fb = load_file(str(tmp_path / "a" / "run" / "t.safetensors")), load_file(str(tmp_path / "b" / "run" / "t.safetensors"))
-    assert fa.keys() == fb.keys()
-    for k in fa:
-        assert torch.equal(fa[k], fb[k]), k
+    _assert_same_adapter(fa, tmp_path / "b" / "run" / "t.safetensors")
     assert lyco.io.files.read_metadata(tmp_path / "b" / "run" / "t.safetensors")["ss_steps"] == "6"
+
+
+def test_preempted_then_interrupted_run_resumes_with_the_printed_command(model_dir, reference_run, tmp_path):
+    """The scheduler story: SIGKILL before the first state; the same command with --resume latest starts from
+    step 0 and says so; Ctrl-C at step 3 writes a state and prints one resume command; that command finishes the
+    run bit-identically to an uninterrupted one; running it again is a no-op."""
+    data, fa = reference_run
+    cfg = _resume_config(tmp_path, model_dir, data)
+    out = tmp_path / "run"
+    r1 = _train_subprocess(cfg, tmp_path, hook="step:1:kill")            # preempted: no state yet (first at 2)
+    assert r1.returncode == -signal.SIGKILL and not (out / "state").exists()
+    assert "Traceback" not in r1.stderr and "\r" not in r1.stderr        # not a TTY: progress lines, no bar
+    assert "step 1/6" in r1.stderr and "kept in float32" not in r1.stderr  # and no third-party chatter
+    r2 = _train_subprocess(cfg, tmp_path, "--resume", "latest", "--verbose", hook="step:3:int")
+    assert r2.returncode == 128 + signal.SIGINT, r2.stderr[-3000:]
+    assert "no complete training state" in r2.stderr and "starting from step 0" in r2.stderr
+    assert "kept in float32" in r2.stderr                                 # --verbose shows third-party warnings
+    assert "Traceback" not in r2.stderr and (out / "state" / "step-00000003" / "COMPLETE").is_file()
+    lines = [ln for ln in r2.stderr.splitlines() if "resume with:" in ln]
+    assert len(lines) == 1 and "interrupted by SIGINT at step 3 of 6" in lines[0], r2.stderr[-3000:]
+    command = shlex.split(lines[0].split("resume with: ")[1])
+    assert command[:2] == ["lyco", "train"] and command[-2:] == ["--resume", "latest"]
+    r3 = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=child_env(),
+                        timeout=600)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "resumed from" in r3.stderr and "at step 3" in r3.stderr
+    _assert_same_adapter(fa, out / "t.safetensors")
+    from lyco.train.cli import main
+    mtime = (out / "t.safetensors").stat().st_mtime_ns
+    assert main(command[2:]) == 0 and (out / "t.safetensors").stat().st_mtime_ns == mtime   # finished: no-op
+    assert not list(tmp_path.glob("run-*")) and not list(tmp_path.glob("run.bak-*"))
 
 
 def test_incomplete_state_is_ignored(model_dir, tmp_path):
@@ -259,14 +385,20 @@ def test_incomplete_state_is_ignored(model_dir, tmp_path):
         ck.find_state(tmp_path / "run", str(tmp_path / "run" / "state" / "step-00000004"))
 
 
-def test_run_dir_is_never_reused_silently(tmp_path):
-    from lyco.train.checkpoint import prepare_output_dir
+def test_run_dir_is_never_reused_silently(tmp_path, caplog):
+    from lyco.train.outputs import prepare_output_dir
     d = tmp_path / "run"
     d.mkdir()
     (d / "x").write_text("1")
     assert prepare_output_dir(d, overwrite=False, resuming=False).name == "run-1"
     assert (d / "x").exists()
-    assert prepare_output_dir(d, overwrite=True, resuming=False) == d and not (d / "x").exists()
+    # overwrite = true replaces the folder's contents, but never deletes them: they are moved aside and reported
+    with caplog.at_level(logging.WARNING, logger="lyco"):
+        assert prepare_output_dir(d, overwrite=True, resuming=False) == d and not (d / "x").exists()
+    assert d.is_dir() and not any(d.iterdir())
+    backups = list(tmp_path.glob("run.bak-*"))
+    assert len(backups) == 1 and (backups[0] / "x").read_text() == "1"
+    assert str(backups[0]) in caplog.text and "nothing was deleted" in caplog.text
 
 
 def test_ddp_two_processes_equal_one_process(model_dir, tmp_path):
@@ -285,7 +417,7 @@ def test_ddp_two_processes_equal_one_process(model_dir, tmp_path):
     p = tmp_path / "two" / "cfg.toml"
     _write_toml(p, two)
     env = child_env()
-    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                          "-m", "lyco", "train", str(p)], capture_output=True, text=True, env=env, timeout=600)
     assert r2.returncode == 0, r2.stderr[-4000:]
     assert "2 processes" in r2.stderr
@@ -295,3 +427,27 @@ def test_ddp_two_processes_equal_one_process(model_dir, tmp_path):
     for k in fa:
         assert torch.allclose(fa[k], fb[k], atol=1e-5, rtol=1e-4), k
     assert len(list((tmp_path / "two").glob("run*"))) == 1  # one output folder, written by the main process
+
+
+@pytest.mark.slow
+def test_ddp_ctrl_c_on_one_process_stops_every_process_at_the_same_step(model_dir, tmp_path):
+    """torchrun, 2 processes: a SIGINT that reaches only process 0 stops both after the same step with one
+    complete state (both RNG files); `--resume latest` under torchrun finishes the run."""
+    data = image_folder(tmp_path, n=6)
+    cfg = base_config(tmp_path, model_dir, data, **{"train.steps": 4},
+                      datasets=[{"resolution": 32, "batch_size": 1, "folders": [str(data)], "bucket": {"step": 8}}])
+    p = _cfg_file(cfg, tmp_path)
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    r1 = subprocess.run([*run, str(DRIVER), "step:2:int:0", str(p)], capture_output=True, text=True,
+                        env=child_env(), timeout=600)
+    assert r1.returncode != 0
+    state = tmp_path / "run" / "state" / "step-00000002"
+    assert (state / "COMPLETE").is_file() and (state / "rng-rank0.pt").is_file() and (state / "rng-rank1.pt").is_file()
+    assert r1.stderr.count("resume with:") == 1 and "interrupted by SIGINT at step 2 of 4" in r1.stderr
+    r2 = subprocess.run([*run, "-m", "lyco", "train", str(p), "--resume", "latest"], capture_output=True, text=True,
+                        env=child_env(), timeout=600)
+    assert r2.returncode == 0, r2.stderr[-4000:]
+    assert "at step 2" in r2.stderr
+    from lyco.train.outputs import run_status
+    assert run_status(tmp_path / "run").state == "finished" and run_status(tmp_path / "run").step == 4
+

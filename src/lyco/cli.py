@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import re
 import sys
-import warnings
 
 from ._version import __version__
+from .console import configure_output, install_handler
 from .errors import LycoError, did_you_mean
 
 #: verb -> (module, help).  Each module has ``main(argv) -> int``.
@@ -36,29 +34,6 @@ CLI_REWRITES = [
      "Provide it in one of two ways:\n  1. \\g<env>\n  2. "),
     (re.compile(r"\nTo load without tokenizers \([^)]*\), pass \w+=False\."), ""),
 ]
-
-#: environment that keeps the Hugging Face libraries quiet (read when they are imported; user settings win)
-QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "DIFFUSERS_NO_ADVISORY_WARNINGS": "1",
-             "TOKENIZERS_PARALLELISM": "false"}
-
-
-def configure_output(verbose: bool) -> None:
-    """Quiet by default: lyco's own messages, no third-party warnings or loading bars; ``verbose`` shows them all
-    (and lyco's debug messages)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("lyco").setLevel(logging.DEBUG if verbose else logging.INFO)
-    if verbose:
-        return
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"lyco(\.|$)")
-    for name in ("transformers", "diffusers", "accelerate", "huggingface_hub", "torch", "PIL", "matplotlib"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for lib in ("transformers", "diffusers"):  # already imported (in-process callers): tell them directly
-        if f"{lib}.utils.logging" in sys.modules:
-            sys.modules[f"{lib}.utils.logging"].set_verbosity_error()
 
 
 def cli_message(exc: LycoError) -> str:
@@ -95,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"lyco: unknown command {verb!r}{did_you_mean(verb, VERBS)}; see 'lyco --help'", file=sys.stderr)
         return 2
+    install_handler()
     configure_output(verbose)
     mod = importlib.import_module(VERBS[verb][0])
     try:

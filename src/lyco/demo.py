@@ -11,6 +11,7 @@ import tempfile
 import time
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch

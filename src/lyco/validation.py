@@ -1,7 +1,7 @@
 """One readable message for a pydantic ``ValidationError`` (every lyco config: adapter, trainer, evaluation)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,15 +34,19 @@ def key_path(loc: tuple) -> str:
     return path
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    """``<source>: N problem(s) ...`` with one line per problem: unknown keys get a did-you-mean, missing keys
-    are named, bad values show what was given."""
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str,
+                            hint: Callable[[str, Any], str | None] | None = None) -> str:
+    """``<source>: N problem(s) ...`` with one line per problem: unknown keys get a did-you-mean (or ``hint(key,
+    value)`` when it knows the key, e.g. another tool's name for an option), missing keys are named, bad values
+    show what was given."""
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         path = key_path(loc)
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {path!r}{did_you_mean(str(loc[-1]), fields_at(model, loc))}")
+            known = hint(str(loc[-1]), err.get("input")) if hint else None
+            lines.append(f"unknown key {path!r}" + (f" ({known})" if known else did_you_mean(str(loc[-1]),
+                                                                                         fields_at(model, loc))))
         elif err["type"] == "missing":
             lines.append(f"missing required key {path!r}")
         else:

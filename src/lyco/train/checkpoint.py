@@ -1,13 +1,12 @@
 """Crash-safe training states and adapter exports with rotation.
 
-A state is written to ``state/tmp-<uuid>/``, fsynced, renamed to ``state/step-XXXXXXXX/`` and only then marked
+A state is written to ``state/tmp-<step>/``, fsynced, renamed to ``state/step-XXXXXXXX/`` and only then marked
 with a ``COMPLETE`` file.  Resume picks the newest state with a marker; incomplete ones are ignored with a warning.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -17,21 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, StateError
+from ..errors import StateError
+from ..io.atomic import publish_dir, write_atomic
 
 log = logging.getLogger("lyco")
 MARKER = "COMPLETE"
-
-
-def _fsync_dir(p: Path) -> None:
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state(noise_gen: torch.Generator) -> dict[str, Any]:
@@ -68,15 +57,10 @@ def save_state(state_root: Path, step: int, payload: dict[str, Any], per_rank: d
     torch.save(per_rank, tmp / f"rng-rank{rank}.pt")
     barrier()
     if is_main:
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
         if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(state_root)
-        (final / MARKER).write_text(str(step))
-        _fsync_dir(final)
+        publish_dir(tmp, final)             # fsynced, normal permissions, renamed in one step
+        write_atomic(final / MARKER, str(step))
         _rotate(state_root, keep)
     barrier()
     return final
@@ -121,24 +105,3 @@ def rotate_exports(out_dir: Path, name: str, keep: int | None) -> None:
     files = sorted((p for p in out_dir.iterdir() if pat.match(p.name)), key=lambda p: p.stat().st_mtime)
     for p in files[:-keep]:
         p.unlink(missing_ok=True)
-
-
-def prepare_output_dir(path: Path, overwrite: bool, resuming: bool) -> Path:
-    """Never reuse an existing run dir silently: resume, overwrite = true, or an auto-suffixed new dir."""
-    if resuming:
-        if not path.is_dir():
-            raise ConfigError(f"--resume: the run folder {path} does not exist")
-        return path
-    if path.exists() and any(path.iterdir()):
-        if overwrite:
-            shutil.rmtree(path)
-        else:
-            k = 1
-            while Path(f"{path}-{k}").exists():
-                k += 1
-            new = Path(f"{path}-{k}")
-            log.warning("lyco: %s exists and is not empty; writing this run to %s (set overwrite = true to replace "
-                        "it, or --resume latest to continue it)", path, new)
-            path = new
-    path.mkdir(parents=True, exist_ok=True)
-    return path

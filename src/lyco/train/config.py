@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from ..config import AdapterConfig
 from ..errors import ConfigError
 from ..validation import format_validation_error
+from .kohya_names import kohya_hint
 
 CONFIG_VERSION = 1
 
@@ -36,6 +37,18 @@ class NetworkConfig(AdapterConfig):
 
     train_unet: StrictBool = True
     train_text_encoder: StrictBool = True
+
+    def __init__(self, **data: Any) -> None:
+        kohya = {k: h for k, v in data.items() if k not in type(self).model_fields and (h := kohya_hint(k, v))}
+        if not kohya:
+            super().__init__(**data)
+            return
+        problems = [f"unknown key {k!r} ({h})" for k, h in kohya.items()]
+        try:  # the section's other problems, reported in the same message
+            type(self)(**{k: v for k, v in data.items() if k not in kohya})
+        except ConfigError as exc:
+            problems.append(str(exc).removeprefix("invalid AdapterConfig: "))
+        raise ConfigError("; ".join(problems))
 
 
 class OptimizerConfig(Strict):
@@ -156,7 +169,10 @@ class SaveConfig(Strict):
 class LogConfig(Strict):
     tensorboard: StrictBool = True
     wandb: StrictBool = False
-    every_n_steps: StrictInt = Field(1, ge=1)
+    every_n_steps: StrictInt = Field(1, ge=1, description="TensorBoard scalars every N steps")
+    print_every_n_steps: StrictInt | None = Field(None, ge=1, description="read the loss back and show it every N "
+                                                  "steps (a line when stderr is not a terminal); default: about 20 "
+                                                  "times a run, at least every 100 steps")
 
 
 class TrainConfig(Strict):
@@ -241,6 +257,6 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, TrainConfig, source)) from None
+        raise ConfigError(format_validation_error(exc, TrainConfig, source, hint=kohya_hint)) from None
     except ConfigError as exc:  # raised by AdapterConfig inside network
         raise ConfigError(f"{source}: [network] {exc}") from None

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,30 +133,64 @@ def _scan_subset(cfg: SubsetConfig, idx: int, min_side: int, repeats_hint: int |
     return scan
 
 
+def _files_note(folder: Path) -> str:
+    """What a folder without usable image files holds instead (for error messages)."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if not files:
+        return "empty folder"
+    kinds = Counter(p.suffix.lower() or "(no extension)" for p in files)
+    return ("no image files (" + ", ".join(sorted(IMAGE_EXT)) + "); found " +
+            ", ".join(f"{n} {ext}" for ext, n in kinds.most_common(5)))
+
+
+def _kohya_subsets(root: Path, notes: list[str]) -> list[tuple[SubsetConfig, int | None, str]]:
+    """The ``N_name`` subfolders of a kohya folder as subsets; what was passed over goes into ``notes``."""
+    if not root.is_dir():
+        raise ConfigError(f"dataset folder {root} does not exist")
+    out: list[tuple[SubsetConfig, int | None, str]] = []
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXT]
+    if loose:
+        n = len(loose)
+        notes.append(f"{root}: {n} image{'s' * (n != 1)} directly in the folder not used: `folders` reads the "
+                     "kohya N_name subfolders (e.g. 10_name); move them into such a subfolder, or list the folder "
+                     "under `subsets` instead")
+        log.warning("lyco: %s", notes[-1])
+    children = sorted(c for c in root.iterdir() if c.is_dir())
+    if not children and not loose:
+        notes.append(f"{root}: no subfolders; {_files_note(root)}")
+    for child in children:
+        if not any(p.suffix.lower() in IMAGE_EXT for p in child.iterdir()):
+            notes.append(f"{child}: not a subset: {_files_note(child)}")
+            log.debug("lyco: %s has no images; not a subset", child)
+            continue
+        m = _KOHYA_DIR.match(child.name)
+        if not m:
+            log.warning("lyco: %s: folder name is not N_name; using repeats 1", child)
+            out.append((SubsetConfig(path=str(child)), 1, child.name))
+            continue
+        n, concept = int(m.group(1)), m.group(2)
+        log.info("lyco: %s: kohya folder name read as repeats %d, concept %r", child, n, concept)
+        out.append((SubsetConfig(path=str(child), trigger=concept), n, child.name))
+    return out
+
+
 def scan_dataset(cfg: DatasetConfig) -> DatasetScan:
+    notes: list[str] = []
     subsets: list[tuple[SubsetConfig, int | None, str]] = [(s, None, Path(s.path).name) for s in cfg.subsets]
     for folder in cfg.folders:
-        root = Path(folder)
-        if not root.is_dir():
-            raise ConfigError(f"dataset folder {root} does not exist")
-        for child in sorted(c for c in root.iterdir() if c.is_dir()):
-            if not any(p.suffix.lower() in IMAGE_EXT for p in child.iterdir()):
-                log.debug("lyco: %s has no images; not a subset", child)
-                continue
-            m = _KOHYA_DIR.match(child.name)
-            if not m:
-                log.warning("lyco: %s: folder name is not N_name; using repeats 1", child)
-                subsets.append((SubsetConfig(path=str(child)), 1, child.name))
-                continue
-            n, concept = int(m.group(1)), m.group(2)
-            log.info("lyco: %s: kohya folder name read as repeats %d, concept %r", child, n, concept)
-            subsets.append((SubsetConfig(path=str(child), trigger=concept), n, child.name))
+        subsets += _kohya_subsets(Path(folder), notes)
     scans = [_scan_subset(s, i, cfg.min_image_side, hint, name) for i, (s, hint, name) in enumerate(subsets)]
     if cfg.balance_classes:
         _balance(scans, cfg.exposures_per_epoch)
     ds = DatasetScan(cfg, scans)
     if not ds.items:
-        raise ConfigError("the dataset has no usable images:\n" + ds.summary())
+        for sc in scans:
+            folder = Path(sc.config.path)
+            why = f"all {len(sc.skipped)} images skipped" if sc.skipped else _files_note(folder)
+            notes.append(f"{folder}: {why}")
+        detail = ds.summary() if ds.skipped else ""
+        raise ConfigError("the dataset has no usable images; scanned:\n  - " + "\n  - ".join(notes)
+                          + (f"\n{detail}" if detail else ""))
     return ds
 
 
