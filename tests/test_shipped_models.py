@@ -150,6 +150,65 @@ def test_text_encoder_files_are_portable():
     assert (DATA / "backbones" / "clip" / "preprocessor_config.json").is_file()
 
 
+
+# ------------------------------------------------------------------------------------------------------------
+# a checkpoint that would leave weights randomly initialised is an error, never a warning
+
+
+def _copy_with(tmp_path, src: Path, weights: str, edit) -> Path:
+    """A copy of ``src`` whose ``weights`` file (relative path) went through ``edit(tensors) -> tensors``."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    with safe_open(str(dst / weights), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(edit(tensors), str(dst / weights), metadata=meta)
+    return dst
+
+
+def _drop(key):
+    return lambda t: {k: v for k, v in t.items() if k != key}
+
+
+@pytest.mark.parametrize("weights,key", [("text_encoder/model.safetensors", "text_model.final_layer_norm.weight"),
+                                         ("unet/diffusion_pytorch_model.safetensors", "conv_in.weight")])
+def test_pipeline_with_a_missing_weight_is_an_error(tmp_path, weights, key):
+    import lyco.sd
+    folder = _copy_with(tmp_path, DATA / "tiny", weights, _drop(key))
+    with pytest.raises(lyco.FileFormatError) as e:
+        lyco.sd.load_pipeline(folder)
+    assert key.removeprefix("text_model.") in str(e.value)
+
+
+def test_text_encoder_in_the_flat_layout(tmp_path):
+    """transformers 5 writes CLIPTextModel keys without ``text_model.``; 4.x would load them RANDOMLY: an error."""
+    import transformers
+
+    import lyco.sd
+    flat = _copy_with(tmp_path, DATA / "tiny", "text_encoder/model.safetensors",
+                      lambda t: {k.removeprefix("text_model."): v for k, v in t.items()})
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        pipe = lyco.sd.load_pipeline(flat)
+        assert weights_hash(pipe.text_encoder) == reference()["tiny.text_encoder"]
+        return
+    with pytest.raises(lyco.FileFormatError, match="randomly initialised") as e:
+        lyco.sd.load_pipeline(flat)
+    assert "36 weights missing" in str(e.value) and "text_model.embeddings.position_embedding.weight" in str(e.value)
+
+
+@pytest.mark.parametrize("loader", ["eval", "world"])
+def test_backbone_with_a_missing_weight_is_an_error(tmp_path, loader):
+    from lyco.eval import backbones as EB
+    from lyco.world import backbones as WB
+    folder = _copy_with(tmp_path, DATA / "backbones" / "clip", "model.safetensors",
+                        _drop("vision_model.post_layernorm.weight"))
+    with pytest.raises(lyco.FileFormatError, match="randomly initialised.*post_layernorm.weight"):
+        (EB.load_clip if loader == "eval" else WB.load_clip)(str(folder))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python tests/test_shipped_models.py --write   (in the main environment)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FileFormatError
+from ..io.pretrained import load_pretrained
 
 log = logging.getLogger("lyco")
 
@@ -66,13 +67,37 @@ def _load_folder(p: Path, *, tokenizer: Any, tokenizer_2: Any, torch_dtype: Any,
             from .tokenizers import resolve_tokenizer
             kw[name] = resolve_tokenizer("sdxl" if xl else "sd1", which=2 if name == "tokenizer_2" else 1)
     try:
+        kw.update(_checked_models(p, json.loads(index.read_text()), kw, torch_dtype))
         pipe = cls.from_pretrained(str(p), **kw)
+    except FileFormatError:
+        raise
     except (OSError, ValueError) as exc:
         raise FileFormatError(f"{p}: cannot load the diffusers pipeline offline: {exc}") from None
     if prediction_type is not None:
         pipe.scheduler.register_to_config(prediction_type=prediction_type)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _checked_models(p: Path, index: dict[str, Any], given: dict[str, Any], torch_dtype: Any) -> dict[str, Any]:
+    """The folder's model components (UNet, VAE, text encoders), each loaded with no weight left random."""
+    import importlib
+
+    import torch
+
+    out = {}
+    for name, entry in index.items():
+        if name.startswith("_") or name in given or not isinstance(entry, list) or None in entry:
+            continue
+        library, class_name = entry
+        if library not in ("diffusers", "transformers"):
+            continue
+        cls = getattr(importlib.import_module(library), class_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            continue
+        dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        out[name] = load_pretrained(cls, p, subfolder=name, what=name, local_files_only=True, **dtype)
+    return out
 
 
 def _tokenizer_from(given: Any) -> Any:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import FileFormatError, LycoError, did_you_mean
+from ..io.pretrained import load_pretrained
 from .model import BUILTIN_PREFIX, DATA_DIR
 
 BACKBONE_DIR = DATA_DIR / "backbones"
@@ -58,7 +59,7 @@ def load_clip(name_or_path: str = "builtin:clip") -> tuple[Any, Any]:
     from transformers import CLIPModel, CLIPProcessor
     path = resolve_backbone(name_or_path, "clip")
     local = path != os.fspath(name_or_path) or os.path.isdir(path)
-    model = CLIPModel.from_pretrained(path, local_files_only=local).eval()
+    model = load_pretrained(CLIPModel, path, what="CLIP backbone", local_files_only=local).eval()
     return model, CLIPProcessor.from_pretrained(path, local_files_only=local)
 
 
@@ -67,7 +68,7 @@ def load_dino(name_or_path: str = "builtin:dino") -> tuple[Any, Any]:
     from transformers import AutoImageProcessor, Dinov2Model
     path = resolve_backbone(name_or_path, "dino")
     local = path != os.fspath(name_or_path) or os.path.isdir(path)
-    model = Dinov2Model.from_pretrained(path, local_files_only=local).eval()
+    model = load_pretrained(Dinov2Model, path, what="DINOv2 backbone", local_files_only=local).eval()
     return model, AutoImageProcessor.from_pretrained(path, local_files_only=local)
 
 
