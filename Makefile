@@ -31,13 +31,13 @@ MIN_STAMP := $(MIN_VENV)/.lyco-installed
 $(MIN_STAMP): pyproject.toml .ci/min-versions.txt
 	test -x $(MIN_PY) || $(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_PY) -m pip install -q --upgrade pip
-	$(MIN_PY) -m pip install -q -r .ci/min-versions.txt "pytest>=7"
+	$(MIN_PY) -m pip install -q -r .ci/min-versions.txt "pytest>=7" "pytest-xdist>=3"
 	$(MIN_PY) -m pip install -q -c .ci/min-versions.txt -e ".[sd]"
 	$(MIN_PY) -m pip check
 	touch $(MIN_STAMP)
 
 test-min: $(MIN_STAMP)
-	LYCO_TEST_MIN=1 $(MIN_PY) -m pytest -p no:cacheprovider $$(grep -v "^#" .ci/min-tests.txt)
+	LYCO_TEST_MIN=1 $(MIN_PY) -m pytest -n 2 -p no:cacheprovider $$(grep -v "^#" .ci/min-tests.txt)
 
 demo: $(STAMP)
 	$(PY) -m lyco demo
