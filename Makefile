@@ -1,11 +1,12 @@
 # make test : create .venv if needed, install lyco with its test dependencies, run the test suite
 # make demo : run the end-to-end demo on the embedded default
+# make test-min : a second venv with the lowest versions lyco declares (.ci/min-versions.txt), a test subset
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lyco-installed
 
-.PHONY: test test-slow test-all demo bench clean
+.PHONY: test test-slow test-all test-min demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +24,23 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 -p no:cacheprovider -m "slow or not slow"
 
+MIN_VENV ?= .venv-min
+MIN_PY := $(MIN_VENV)/bin/python
+MIN_STAMP := $(MIN_VENV)/.lyco-installed
+
+$(MIN_STAMP): pyproject.toml .ci/min-versions.txt
+	test -x $(MIN_PY) || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_PY) -m pip install -q --upgrade pip
+	$(MIN_PY) -m pip install -q -r .ci/min-versions.txt "pytest>=7" "pytest-xdist>=3"
+	$(MIN_PY) -m pip install -q -c .ci/min-versions.txt -e ".[sd]"
+	$(MIN_PY) -m pip check
+	touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP)
+	LYCO_TEST_MIN=1 $(MIN_PY) -m pytest -n 2 -p no:cacheprovider $$(grep -v "^#" .ci/min-tests.txt)
+
 demo: $(STAMP)
 	$(PY) -m lyco demo
 
 clean:
-	rm -rf $(VENV) demo_out build dist src/*.egg-info
+	rm -rf $(VENV) $(MIN_VENV) demo_out build dist src/*.egg-info

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 from lyco.world import model as M
 from lyco.world import render as R
 from lyco.world.text import write_tokenizer
+from portable_layout import make_portable  # noqa: E402  (scripts/ is on sys.path)
 
 
 def to_tensor(imgs: np.ndarray) -> torch.Tensor:
@@ -272,6 +273,7 @@ def write_model(out: str, vae, unet, te, tok, scale: float) -> None:
     for name in ("vocab.json", "merges.txt"):
         if os.path.isfile(os.path.join(src, name)):
             shutil.copyfile(os.path.join(src, name), os.path.join(out, "tokenizer", name))
+    make_portable(out)  # text encoder keys, tokenizer.json merges: readable by transformers 4.x too
     unet.float()
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     print(f"wrote {out} ({size / 1e6:.2f} MB)", flush=True)

@@ -36,6 +36,7 @@ from lyco.world import backbones as B
 from lyco.world import checks as C
 from lyco.world import render as R
 from lyco.world.text import write_tokenizer
+from portable_layout import make_portable  # noqa: E402  (scripts/ is on sys.path)
 
 DATA = os.path.join(ROOT, "src", "lyco", "data")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -123,6 +124,7 @@ def train_clip(seed: int, steps: int, out: str) -> None:
     proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
                                                             crop_size={"height": 32, "width": 32}), tokenizer=tok)
     proc.save_pretrained(out)
+    make_portable(out)  # readable by transformers 4.x too
 
 
 def train_dino(seed: int, steps: int, out: str, x, y) -> None:

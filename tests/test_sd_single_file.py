@@ -158,13 +158,13 @@ def test_file_has_original_layout(saved, family):
                        s.pipe.vae.decoder.up_blocks[-1].resnets[0].conv1.weight)
     assert torch.equal(sd["model.diffusion_model.input_blocks.0.0.weight"], s.pipe.unet.conv_in.weight)
     te = s.pipe.text_encoder
+    att = {k.removeprefix("text_model."): v for k, v in te.state_dict().items()}  # transformers 4 and 5 keys
     if family == "sd1":
         assert torch.equal(sd["cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2.weight"],
-                           te.state_dict()["encoder.layers.1.mlp.fc2.weight"])
+                           att["encoder.layers.1.mlp.fc2.weight"])
         assert sd["cond_stage_model.transformer.text_model.embeddings.position_ids"].dtype == torch.int64
     if family == "sd2":
         p = "cond_stage_model.model."
-        att = te.state_dict()
         fused = torch.cat([att[f"encoder.layers.0.self_attn.{x}_proj.weight"] for x in "qkv"])
         assert torch.equal(sd[p + "transformer.resblocks.0.attn.in_proj_weight"], fused)
         assert torch.equal(sd[p + "transformer.resblocks.1.mlp.c_fc.weight"], att["encoder.layers.1.mlp.fc1.weight"])

@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import builtin
 from ..errors import ConfigError, FileFormatError
+from ..io.pretrained import load_pretrained
 from ..world.backbones import STYLE_TAPS as VGG_TAPS
 from ..world.backbones import load_vgg as world_load_vgg
 from ..world.backbones import vgg_plan
@@ -306,7 +307,9 @@ def load_dino(path: str | Path, *, image_size: int | None = None, device: torch.
     p = resolve_weights("dino", path)
     from transformers import AutoModel
     try:
-        model = AutoModel.from_pretrained(str(p), local_files_only=True)
+        model = load_pretrained(AutoModel, p, what="DINOv2 backbone", local_files_only=True)
+    except FileFormatError:
+        raise
     except (OSError, ValueError) as exc:
         raise FileFormatError(f"{p}: cannot load a DINOv2 model offline (a transformers folder with config.json "
                               f"and weights): {exc}") from None
@@ -325,8 +328,10 @@ def load_clip(path: str | Path, *, image_size: int | None = None, device: torch.
         return _load_open_clip(p, image_size=image_size, device=torch.device(device), dtype=dtype)
     from transformers import AutoTokenizer, CLIPModel
     try:
-        model = CLIPModel.from_pretrained(str(p), local_files_only=True)
+        model = load_pretrained(CLIPModel, p, what="CLIP backbone", local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except FileFormatError:
+        raise
     except (OSError, ValueError) as exc:
         raise FileFormatError(f"{p}: cannot load a CLIP model offline (a transformers CLIPModel folder with "
                               f"config.json, weights and tokenizer files): {exc}") from None

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -314,6 +315,9 @@ def text_encoder_weights(checkpoint: dict[str, torch.Tensor], config: Any, prefi
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
     cls = text_encoder_class(prefix)
+    if prefix == OPENCLIP_SD2:  # diffusers < 0.31 splits the fused attention at projection_dim without a projection
+        config = copy.deepcopy(config)
+        config.projection_dim = config.hidden_size
     with torch.device("meta"):
         shell = cls(config)
     if prefix in (CLIP_SD1, CLIP_SDXL):

@@ -1,6 +1,7 @@
 """Loading Stable Diffusion pipelines offline: diffusers folders, single-file checkpoints, ``builtin:tiny``."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -9,8 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import builtin
 from ..errors import FileFormatError
+from ..io.pretrained import load_pretrained
 from .single_file import load_single_file
 from .tokenizers import resolve_tokenizer
 
@@ -68,8 +72,11 @@ def _load_folder(p: Path, *, tokenizer: Any, tokenizer_2: Any, torch_dtype: Any,
         elif not (p / name / "vocab.json").is_file() and not (p / name / "tokenizer.json").is_file():
             kw[name] = resolve_tokenizer("sdxl" if xl else "sd1", which=2 if name == "tokenizer_2" else 1)
     try:
+        kw.update(_checked_models(p, json.loads(index.read_text()), kw, torch_dtype))
         with _loading_bar(log.isEnabledFor(logging.DEBUG)):
             pipe = cls.from_pretrained(str(p), **kw)
+    except FileFormatError:
+        raise
     except (OSError, ValueError) as exc:
         raise FileFormatError(f"{p}: cannot load the diffusers pipeline offline: {exc}") from None
     if prediction_type is not None:
@@ -90,6 +97,23 @@ def _loading_bar(show: bool) -> Iterator[None]:
     finally:
         if was and not show:
             dlog.enable_progress_bar()
+
+
+def _checked_models(p: Path, index: dict[str, Any], given: dict[str, Any], torch_dtype: Any) -> dict[str, Any]:
+    """The folder's model components (UNet, VAE, text encoders), each loaded with no weight left random."""
+    out = {}
+    for name, entry in index.items():
+        if name.startswith("_") or name in given or not isinstance(entry, list) or None in entry:
+            continue
+        library, class_name = entry
+        if library not in ("diffusers", "transformers"):
+            continue
+        cls = getattr(importlib.import_module(library), class_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+            continue
+        dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        out[name] = load_pretrained(cls, p, subfolder=name, what=name, local_files_only=True, **dtype)
+    return out
 
 
 def _tokenizer_from(given: Any) -> Any:

@@ -24,6 +24,7 @@ from torch import nn
 from .. import builtin
 from ..builtin import BackboneNotFoundError
 from ..errors import FileFormatError
+from ..io.pretrained import load_pretrained
 
 #: torchvision's VGG-19 ("E") layer plan: channel counts and "M" for max-pool
 VGG19_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
@@ -45,7 +46,7 @@ def load_clip(name_or_path: str = "builtin:clip") -> tuple[Any, Any]:
     from transformers import CLIPModel, CLIPProcessor
     path = resolve_backbone(name_or_path, "clip")
     local = path != os.fspath(name_or_path) or os.path.isdir(path)
-    model = CLIPModel.from_pretrained(path, local_files_only=local).eval()
+    model = load_pretrained(CLIPModel, path, what="CLIP backbone", local_files_only=local).eval()
     return model, CLIPProcessor.from_pretrained(path, local_files_only=local)
 
 
@@ -54,7 +55,7 @@ def load_dino(name_or_path: str = "builtin:dino") -> tuple[Any, Any]:
     from transformers import AutoImageProcessor, Dinov2Model
     path = resolve_backbone(name_or_path, "dino")
     local = path != os.fspath(name_or_path) or os.path.isdir(path)
-    model = Dinov2Model.from_pretrained(path, local_files_only=local).eval()
+    model = load_pretrained(Dinov2Model, path, what="DINOv2 backbone", local_files_only=local).eval()
     return model, AutoImageProcessor.from_pretrained(path, local_files_only=local)
 
 
