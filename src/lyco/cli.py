@@ -17,6 +17,7 @@ VERBS = {
     "resize": ("lyco.tools.resize", "change the rank of a LoRA/LoCon by SVD"),
     "convert": ("lyco.tools.convert", "convert between kohya, PEFT, diffusers and ui-safe files"),
     "eval": ("lyco.eval.cli", "evaluate base model and adapters as the paper does; HTML report"),
+    "analyze": ("lyco.analysis.cli", "the paper's analysis of evaluated checkpoints: ranks, effects, SHAP, findings"),
     "world": ("lyco.world.cli", "the embedded micro-world: render scenes, write concept datasets"),
 }
 
