@@ -127,6 +127,7 @@ def build_design(checkpoints: Sequence[Checkpoint], factors: Factors | None, set
     cks = [c for c in checkpoints if settings.epochs is None or c.epoch in settings.epochs]
     folded_algos: set[str] = set()
     if factors is not None:
+        cks = [c for c in cks if c.config in factors.values]       # a ranked base model has no factors
         keep, folded_algos = _config_subset(factors, sorted({c.config for c in cks}, key=natural_key), settings.subset)
         cks = [c for c in cks if c.config in set(keep)]
     cks.sort(key=lambda c: (natural_key(c.config), natural_key(c.seed), natural_key(c.epoch)))

@@ -53,7 +53,7 @@ def factor_scatter_png(class_rows: Sequence[Row], category: str, algos: Mapping[
     if plt is None or not series:
         return None
     algo_names = sorted(set(algos.values()), key=natural_key)
-    level_names = sorted(set(levels.values()), key=natural_key)
+    level_names = sorted({levels.get(c, "") for c in algos}, key=natural_key)
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(4.8, 4.0), dpi=96)
     try:

@@ -147,7 +147,7 @@ def _factors(source: FactorsSource, pool_configs: set[str], dropped: set[str]) -
     if unknown:
         raise ConfigError(f"{raw.source}: column 'config' has {', '.join(repr(c) for c in unknown)}, not in the "
                           f"result table{did_you_mean(unknown[0], pool_configs)}; remove the row or evaluate that config")
-    absent = sorted(pool_configs - set(raw.rows), key=natural_key)
+    absent = sorted(pool_configs - set(raw.rows) - {BASE}, key=natural_key)     # a ranked base needs no row
     if absent:
         raise ConfigError(f"{raw.source}: column 'config' lacks {', '.join(repr(c) for c in absent)} of the result "
                           "table; add a row per config (or exclude the config)")
