@@ -1,4 +1,4 @@
-"""``lyco analyze RESULTS.csv [--factors FACTORS.csv] [--out DIR]``: the paper's analysis of an evaluated study.
+"""Analyse an evaluated study as the paper did: pool-wide ranks, effects, findings F1-F5, Table 1, SHAP, report.
 
 RESULTS is lyco eval's results.csv, or any table in its schema (see the README).  FACTORS has a ``config`` column
 plus one column per factor (algo, preset, lr, dim, alpha, factor, ...); lyco sweep writes it.
