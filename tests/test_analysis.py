@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lyco.analysis import AnalysisOptions, analyze
-from lyco.analysis.effects import Comparison, Effect, comparisons
+from lyco.analysis.effects import Comparison, Effect, comparisons, mean_stderr
 from lyco.analysis.factors import code_factors
 from lyco.analysis.findings import CHECKS, judge
 from lyco.analysis.table import Checkpoint, FactorRows, load_factor_rows
@@ -129,7 +129,9 @@ def test_effects_exact(study, tmp_path):
     # findings: F2 and F1 fidelity agree in toys (only ImSim(trigger) is there), the rest has no data
     f = {(r["check"], r["category"]): r for r in read_csv(out.files["findings"])}
     assert f[("F2 fidelity", "toys")]["verdict"] == "agree" and f[("F2 fidelity", "toys")]["n_effects"] == "1"
-    assert f[("F1 fidelity", "toys")]["verdict"] == "agree" and f[("F1 fidelity", "toys")]["n_agree"] == "2"
+    f1 = f[("F1 fidelity", "toys")]
+    assert f1["verdict"] == "agree" and f1["n_agree"] == "2" and f1["n"] == "2"     # units: (seed, epoch 10)
+    assert _num(f1["delta"]) == pytest.approx(0.75 * 2 / 7) and _num(f1["stderr"]) == pytest.approx(0.75 * 0.25 / 7)
     assert f[("F1 fidelity", "all")]["verdict"] == "agree"
     assert f[("F5 capacity fidelity", "toys")]["verdict"] == "no data"
     assert "A epoch 10→20 image_similarity(trigger): agree" in f[("F1 fidelity", "toys")]["effects"]
@@ -215,51 +217,80 @@ def test_lokr_factor_minus_one_is_smallest_capacity():
 
 
 # ------------------------------------------------------------------------------------------------ findings
-def _effect(factor, frm, to, delta, stderr, n=3, cat="toys", column=IMSIM):
-    return Effect(cat, Comparison("lora", factor, frm, to, "x", "y"), column, delta, stderr, n)
+def _effect(factor, frm, to, diffs, cat="toys", column=IMSIM, algo="lora"):
+    """An effect with matched differences at units (seed '1', epoch '10'), (seed '2', epoch '10'), …"""
+    keyed = tuple(((str(i + 1), "10"), d) for i, d in enumerate(diffs))
+    mean, se = mean_stderr(diffs)
+    return Effect(cat, Comparison(algo, factor, frm, to, "x", "y"), column, mean, se, len(diffs), keyed)
 
 
 TEXT = ("text_similarity", "clip", "", "alter")
 TARGETS = {"imsim_trigger": IMSIM, "textsim_alter": TEXT}
+UP, DOWN = [0.3, 0.31, 0.29], [-0.3, -0.31, -0.29]
 
 
 @pytest.mark.parametrize("effects, check, verdict", [
-    ([_effect("lr", "1", "2", 0.3, 0.1)], "F2 fidelity", "agree"),
-    ([_effect("lr", "1", "2", -0.3, 0.1)], "F2 fidelity", "disagree"),
-    ([_effect("lr", "1", "2", 0.2, 0.1)], "F2 fidelity", "not significant"),        # |delta| within 2 stderr
-    ([_effect("lr", "1", "2", 0.3, float("nan"), n=1)], "F2 fidelity", "not significant"),
-    ([_effect("lr", "1", "2", -0.3, 0.1, column=TEXT)], "F2 controllability", "agree"),
-    ([_effect("lr", "1", "2", 0.3, 0.1), _effect("lr", "2", "3", -0.3, 0.1)], "F2 fidelity", "mixed"),
-    ([_effect("lr", "1", "2", 0.3, 0.1), _effect("lr", "2", "3", 0.3, 0.1), _effect("lr", "1", "3", -0.3, 0.1)],
-     "F2 fidelity", "agree"),
-    ([_effect("preset", "attn-only", "attn-mlp", 0.5, 0.1)], "F4 attn-only fidelity", "agree"),
-    ([_effect("preset", "attn-only", "full", -0.5, 0.1, column=TEXT)], "F4 attn-only controllability", "agree"),
-    ([_effect("preset", "attn-mlp", "full", 0.05, 0.1)], "F4 conv fidelity", "agree"),          # no change: agree
-    ([_effect("preset", "attn-mlp", "full", 0.5, 0.1)], "F4 conv fidelity", "disagree"),
-    ([_effect("capacity", "0", "1", 0.5, 0.1)], "F5 capacity fidelity", "agree"),
-    ([_effect("scale", "0.03125", "0.5", -0.5, 0.1)], "F5 scale fidelity", "disagree"),
-    ([_effect("epoch", "10", "30", 0.5, 0.1)], "F2 fidelity", "no data"),
+    ([_effect("lr", "1", "2", UP)], "F2 fidelity", "agree"),
+    ([_effect("lr", "1", "2", DOWN)], "F2 fidelity", "disagree"),
+    ([_effect("lr", "1", "2", [0.3, -0.1, 0.1])], "F2 fidelity", "not significant"),   # |delta| within 2 stderr
+    ([_effect("lr", "1", "2", [0.3])], "F2 fidelity", "not significant"),               # one unit: no stderr
+    ([_effect("lr", "1", "2", DOWN, column=TEXT)], "F2 controllability", "agree"),
+    ([_effect("lr", "1", "2", UP), _effect("lr", "2", "3", DOWN)], "F2 fidelity", "not significant"),
+    ([_effect("lr", "1", "2", UP), _effect("lr", "2", "3", UP), _effect("lr", "1", "3", DOWN)], "F2 fidelity",
+     "agree"),
+    ([_effect("preset", "attn-only", "attn-mlp", UP)], "F4 attn-only fidelity", "agree"),
+    ([_effect("preset", "attn-only", "full", DOWN, column=TEXT)], "F4 attn-only controllability", "agree"),
+    ([_effect("preset", "attn-mlp", "full", [0.05, -0.05, 0.0])], "F4 conv fidelity", "agree"),   # no change
+    ([_effect("preset", "attn-mlp", "full", UP)], "F4 conv fidelity", "disagree"),
+    ([_effect("capacity", "0", "1", UP)], "F5 capacity fidelity", "agree"),
+    ([_effect("scale", "0.03125", "0.5", DOWN)], "F5 scale fidelity", "disagree"),
+    ([_effect("epoch", "10", "30", UP)], "F2 fidelity", "no data"),
 ])
 def test_findings_verdicts(effects, check, verdict):
     got = {(v.check.name, v.category): v for v in judge(effects, TARGETS, ["toys"])}
     assert got[(check, "toys")].verdict == verdict
 
 
+def test_findings_pool_effects_per_matched_unit():
+    """Two lr effects: per (seed, epoch) the mean of their differences, then mean ± stderr over the units."""
+    e1 = Effect("toys", Comparison("lora", "lr", "1", "2", "a", "b"), IMSIM, 0.3, 0.1, 2,
+                ((("1", "10"), 0.2), (("2", "10"), 0.4)))
+    e2 = Effect("toys", Comparison("lora", "lr", "2", "3", "b", "c"), IMSIM, 0.1, 0.1, 2,
+                ((("1", "10"), 0.0), (("2", "10"), 0.2)))
+    v = next(v for v in judge([e1, e2], TARGETS, ["toys"]) if v.check.name == "F2 fidelity" and v.category == "toys")
+    assert (v.delta, v.n) == (pytest.approx(0.2), 2) and v.stderr == pytest.approx(0.1)   # units 0.1 and 0.3
+    assert v.verdict == "not significant"                                                  # 0.2 is not > 2 x 0.1
+    d = v.as_dict()
+    assert d["n_effects"] == 2 and d["n_agree"] == 1 and d["n_not_significant"] == 1        # each on its own
+    assert d["effects"] == ("a→b (lr 1→2) image_similarity(trigger): agree; "
+                            "b→c (lr 2→3) image_similarity(trigger): not significant")
+
+
 def test_f3_algorithm_order_adjacent_pairs_and_overall():
     # fidelity lokr > lora > loha > native; effects run from the alphabetically first algorithm to the second
-    eff = [Effect(cat, Comparison("", "algo", a, b, a, b), IMSIM, d, 0.01, 3)
+    eff = [_effect("algo", a, b, [d, d + 0.01, d - 0.01], cat=cat, algo="")
            for cat in ("toys", "scenes")
            for a, b, d in (("lokr", "lora", -0.2), ("loha", "lora", 0.2), ("full", "loha", 0.2),
-                           ("full", "lokr", 0.5))]   # full-lokr is not adjacent: ignored
-    eff.append(Effect("toys", Comparison("", "algo", "lokr", "lora", "c", "d"), TEXT, -0.3, 0.01, 3))
+                           ("full", "lokr", -0.5))]   # full-lokr is not adjacent: ignored
+    eff.append(_effect("algo", "lokr", "lora", DOWN, column=TEXT, algo=""))        # controllability: lora > lokr
     got = {(v.check.name, v.category): v for v in judge(eff, TARGETS, ["toys", "scenes"])}
     v = got[("F3 fidelity", "toys")]
-    assert (v.verdict, v.n_agree, v.n_disagree) == ("agree", 3, 0)
-    assert got[("F3 controllability", "toys")].verdict == "disagree"     # lora > lokr expected, lokr higher
+    assert v.verdict == "agree" and v.as_dict()["n_effects"] == 3 and v.delta == pytest.approx(0.2)
+    assert got[("F3 controllability", "toys")].verdict == "disagree"
     assert got[("F3 controllability", "scenes")].verdict == "no data"
-    assert got[("F3 fidelity", "all")].verdict == "agree" and got[("F3 fidelity", "all")].n_agree == 2
-    assert got[("F3 controllability", "all")].verdict == "disagree"
+    assert got[("F3 fidelity", "all")].verdict == "agree" and got[("F3 fidelity", "all")].as_dict()["n_agree"] == 2
+    assert got[("F3 controllability", "all")].verdict == "disagree"                 # the only category with data
     assert {c.finding for c in CHECKS} == {"F1", "F2", "F3", "F4", "F5"}
+
+
+@pytest.mark.parametrize("verdicts, want", [
+    (["agree", "agree", "disagree"], "agree"), (["agree", "disagree", "not significant"], "mixed"),
+    (["not significant", "not significant", "agree"], "not significant"), (["no data", "disagree"], "disagree"),
+    (["no data", "no data"], "no data")])
+def test_overall_verdict_is_the_majority_of_categories(verdicts, want):
+    from lyco.analysis.findings import Verdict, overall
+    per = [Verdict(CHECKS[0], f"c{i}", v, 0.1, 0.01, 3, ()) for i, v in enumerate(verdicts)]
+    assert overall(CHECKS[0], per).verdict == want
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -51,6 +51,8 @@ class Effect:
     delta: float
     stderr: float
     n: int
+    #: the matched differences: ((seed, epoch of the 'from' checkpoint), score(to) − score(from))
+    diffs: tuple[tuple[tuple[str, str], float], ...] = ()
 
     @property
     def factor(self) -> str:
@@ -113,8 +115,8 @@ def _ordered(algo: str, column: str, va: str, vb: str, a: str, b: str) -> Compar
     return Comparison(algo, column, va, vb, a, b)
 
 
-def matched_keys(comp: Comparison, checkpoints: Iterable[Checkpoint]) -> list[tuple[str, str]]:
-    """(checkpoint from, checkpoint to) pairs: same seed and epoch, or same seed at the two epochs."""
+def matched_keys(comp: Comparison, checkpoints: Iterable[Checkpoint]) -> list[tuple[tuple[str, str], str, str]]:
+    """((seed, epoch), checkpoint from, checkpoint to): same seed and epoch, or same seed at the two epochs."""
     index = {(c.config, c.seed, c.epoch): c.name for c in checkpoints}
     pairs = []
     for (config, seed, epoch), name in sorted(index.items()):
@@ -127,7 +129,7 @@ def matched_keys(comp: Comparison, checkpoints: Iterable[Checkpoint]) -> list[tu
         else:
             continue
         if other is not None:
-            pairs.append((name, other))
+            pairs.append(((seed, epoch), name, other))
     return pairs
 
 
@@ -149,14 +151,19 @@ def compute_effects(category_rows: Sequence[Row], checkpoints: Sequence[Checkpoi
             continue
         for cat in sorted(cats):
             for col in sorted(cols):
-                diffs = [score[(cat, b, col)] - score[(cat, a, col)] for a, b in pairs
+                diffs = [(key, score[(cat, b, col)] - score[(cat, a, col)]) for key, a, b in pairs
                          if (cat, a, col) in score and (cat, b, col) in score]
                 if diffs:
                     out.append(_effect(cat, comp, col, diffs))
     return out
 
 
-def _effect(category: str, comp: Comparison, column: Column, diffs: list[float]) -> Effect:
-    a = np.asarray(diffs, dtype=np.float64)
-    stderr = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else NAN
-    return Effect(category, comp, column, float(a.mean()), stderr, len(a))
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (std with ddof 1 / √n; NaN for one value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else NAN
+
+
+def _effect(category: str, comp: Comparison, column: Column, diffs: list[tuple[tuple[str, str], float]]) -> Effect:
+    mean, stderr = mean_stderr([d for _, d in diffs])
+    return Effect(category, comp, column, mean, stderr, len(diffs), tuple(diffs))

@@ -1,30 +1,37 @@
 """The paper's findings F1–F5 (spec §7) as checks on the effects.
 
 Each check names a factor, a criterion (fidelity = ImSim on train/trigger/alter, controllability = TextSim(alter),
-diversity = Vendi(trigger), preservation = the style-loss score) and the expected sign of every effect it reads.
-An effect *agrees* when it is significant (|delta| > 2 stderr) with the expected sign, *disagrees* when
-significant with the other sign, and is *not significant* otherwise; for "no change" statements a significant
-effect disagrees and any other agrees.  Per category, the verdict is the majority of the agreeing and disagreeing
-effects (``agree`` / ``disagree``; ``mixed`` on a tie; ``not significant`` when none is significant; ``no data``
-when the grid has no such comparison).  The ``all`` rows apply the same rule to the category verdicts.
+diversity = Vendi(trigger), preservation = the style-loss score) and the expected sign of every effect it reads
+(+1 or −1; 0 for "no discernible change").  Per category, the check pools its effects: at every matched
+(seed, epoch) the mean of the effects' differences, each multiplied by its expected sign, so that a positive
+``delta`` goes the paper's way (for "no change" checks the plain differences); ``delta`` and ``stderr`` are the mean
+and standard error over those n matched units.  The verdict: ``agree`` when delta > 2 stderr, ``disagree`` when
+delta < −2 stderr, ``not significant`` in between (|delta| within 2 stderr, or a single unit); a "no change" check
+agrees when |delta| is within 2 stderr and disagrees otherwise; ``no data`` when the grid has no such comparison.
+Each effect's own outcome (same rule on its own delta and stderr) is listed beside it.  The ``all`` rows: the
+verdict that holds in the majority of the categories with data (``mixed`` when none does); their counts and
+``effects`` are of categories.
 """
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .effects import Effect
+from .effects import Effect, mean_stderr
 from .factors import LAYER_ORDER
 from .targets import CRITERIA, TARGETS, Column
 
-COLUMNS = ("finding", "check", "category", "factor", "criterion", "statement", "verdict", "n_effects", "n_agree",
-           "n_disagree", "n_not_significant", "support", "effects")
+COLUMNS = ("finding", "check", "category", "factor", "criterion", "statement", "verdict", "delta", "stderr", "n",
+           "n_effects", "n_agree", "n_disagree", "n_not_significant", "effects")
 
 #: "more fitting" direction: fidelity up, everything else down
 FITTING = {"fidelity": 1, "controllability": -1, "diversity": -1, "preservation": -1}
 ARROW = {1: "↑", -1: "↓", 0: "unchanged"}
+NAN = float("nan")
 CRITERION_TEXT = {"fidelity": "ImSim", "controllability": "TextSim (alter)", "diversity": "Vendi (trigger)",
                   "preservation": "style preservation"}
 #: algorithm names of the paper's Table 1 (lyco names and common aliases)
@@ -111,62 +118,74 @@ class Verdict:
     check: Check
     category: str
     verdict: str
-    n_agree: int
-    n_disagree: int
-    n_not_significant: int
-    support: float
-    effects: tuple[str, ...]
+    delta: float
+    stderr: float
+    n: int
+    #: each effect's own outcome, or (category 'all') each category's verdict
+    outcomes: tuple[tuple[str, str], ...]
 
     def as_dict(self) -> dict[str, object]:
         c = self.check
+        got = [o for _, o in self.outcomes]
         return {"finding": c.finding, "check": c.name, "category": self.category, "factor": c.factor,
-                "criterion": c.criterion, "statement": c.statement, "verdict": self.verdict,
-                "n_effects": self.n_agree + self.n_disagree + self.n_not_significant, "n_agree": self.n_agree,
-                "n_disagree": self.n_disagree, "n_not_significant": self.n_not_significant, "support": self.support,
-                "effects": "; ".join(self.effects)}
+                "criterion": c.criterion, "statement": c.statement, "verdict": self.verdict, "delta": self.delta,
+                "stderr": self.stderr, "n": self.n, "n_effects": len(got), "n_agree": got.count("agree"),
+                "n_disagree": got.count("disagree"), "n_not_significant": len(got) - got.count("agree")
+                - got.count("disagree") - got.count("no data"),
+                "effects": "; ".join(f"{label}: {o}" for label, o in self.outcomes)}
 
 
-def majority(n_agree: int, n_disagree: int, n_total: int) -> str:
-    if n_total == 0:
-        return "no data"
-    if n_agree == n_disagree == 0:
-        return "not significant"
-    if n_agree == n_disagree:
-        return "mixed"
-    return "agree" if n_agree > n_disagree else "disagree"
-
-
-def outcome(effect: Effect, expected: int) -> str:
+def outcome(delta: float, stderr: float, n: int, expected: int) -> str:
+    """agree / disagree / not significant for a delta (aligned with the expectation when it is ±1)."""
+    significant = n >= 2 and not math.isnan(stderr) and abs(delta) > 2 * stderr
     if expected == 0:
-        return "disagree" if effect.significant else "agree"
-    if not effect.significant:
+        return "disagree" if significant else "agree"
+    if not significant:
         return "not significant"
-    return "agree" if (effect.delta > 0) == (expected > 0) else "disagree"
+    return "agree" if (delta > 0) == (expected > 0) else "disagree"
+
+
+def pooled(used: Sequence[tuple[Effect, int]]) -> tuple[float, float, int]:
+    """Mean and standard error over the matched units of the per-unit mean of the (sign-aligned) differences."""
+    units: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for e, x in used:
+        for key, d in e.diffs:
+            units[key].append(d * x if x != 0 else d)
+    if not units:
+        return NAN, NAN, 0
+    mean, stderr = mean_stderr([float(np.mean(v)) for v in units.values()])
+    return mean, stderr, len(units)
+
+
+def overall(check: Check, per_cat: Sequence[Verdict]) -> Verdict:
+    """The verdict that holds in the majority of the categories with data."""
+    with_data = [v for v in per_cat if v.verdict != "no data"]
+    counts = {k: sum(v.verdict == k for v in with_data) for k in ("agree", "disagree", "not significant")}
+    verdict = next((k for k, n in counts.items() if n * 2 > len(with_data)), "mixed") if with_data else "no data"
+    deltas = [v.delta for v in with_data if not math.isnan(v.delta)]
+    mean, stderr = mean_stderr(deltas) if deltas else (NAN, NAN)
+    return Verdict(check, "all", verdict, mean, stderr, len(deltas), tuple((v.category, v.verdict) for v in per_cat))
 
 
 def judge(effects: Sequence[Effect], columns: Mapping[str, Column], categories: Sequence[str]) -> list[Verdict]:
-    """Verdicts per check and category, then per check over categories (category 'all').  ``columns``: the
+    """Verdicts per check and category, then per check over the categories (category 'all').  ``columns``: the
     resolved targets (target key -> metric column)."""
     crit_cols = {crit: {columns[t.key] for t in TARGETS if t.criterion == crit and t.key in columns}
                  for crit in CRITERIA}
+    by_cat: dict[str, list[Effect]] = defaultdict(list)
+    for e in effects:
+        by_cat[e.category].append(e)
     out = []
     for check in CHECKS:
         per_cat = []
         for cat in categories:
-            used = [(e, x) for e in effects if e.category == cat and e.column in crit_cols[check.criterion]
+            used = [(e, x) for e in by_cat[cat] if e.column in crit_cols[check.criterion]
                     for x in [check.expected(e)] if x is not None]
-            got = [outcome(e, x) for e, x in used]
-            n_a, n_d = got.count("agree"), got.count("disagree")
-            aligned = [e.delta * x for e, x in used if x != 0]
-            support = float(np.mean(aligned)) if aligned else float("nan")
-            v = Verdict(check, cat, majority(n_a, n_d, len(got)), n_a, n_d, len(got) - n_a - n_d, support,
-                        tuple(f"{e.label}: {o}" for (e, _), o in zip(used, got)))
-            per_cat.append(v)
-        verdicts = [v.verdict for v in per_cat if v.verdict != "no data"]
-        n_a, n_d = verdicts.count("agree"), verdicts.count("disagree")
-        supports = [v.support for v in per_cat if v.support == v.support]
+            expect = 0 if used and all(x == 0 for _, x in used) else 1
+            delta, stderr, n = pooled(used)
+            verdict = outcome(delta, stderr, n, expect) if used else "no data"
+            per_cat.append(Verdict(check, cat, verdict, delta, stderr, n, tuple(
+                (e.label, outcome(e.delta, e.stderr, e.n, x)) for e, x in used)))
         out += per_cat
-        out.append(Verdict(check, "all", majority(n_a, n_d, len(verdicts)), n_a, n_d, len(verdicts) - n_a - n_d,
-                           float(np.mean(supports)) if supports else float("nan"),
-                           tuple(f"{v.category}: {v.verdict}" for v in per_cat)))
+        out.append(overall(check, per_cat))
     return out

@@ -79,27 +79,30 @@ def _findings(outcome: "AnalysisOutcome") -> str:
     checks = list(dict.fromkeys(v.check.name for v in outcome.findings))
     statements = {v.check.name: v.check.statement for v in outcome.findings}
     head = "".join(f"<th>{_e(c)}</th>" for c in cats)
-    out = ["<h2 id=findings>Findings</h2><p class=note>The paper's findings F1–F5 as checks on the effects: an effect "
-           "agrees when |delta| > 2 stderr with the expected sign; per category the majority of the significant "
-           "effects decides; <em>all</em> = the same rule over the categories.  findings.csv lists the effects.</p>",
+    out = ["<h2 id=findings>Findings</h2><p class=note>The paper's findings F1–F5 as checks on the effects, per "
+           "category: the mean over matched (seed, epoch) of the effects' differences in the expected direction; "
+           "agree when it exceeds 2 standard errors, disagree when it is below −2, else not significant (a "
+           "no-change statement agrees when it is within 2).  <em>all</em>: the verdict of most categories.  "
+           "findings.csv lists the effects of every check.</p>",
            f"<table><tr><th>check</th><th>statement</th>{head}</tr>"]
     for name in checks:
         cells = []
         for c in cats:
             row = by[(name, c)]
             verdict = str(row["verdict"])
-            title = f"{row['n_agree']} agree, {row['n_disagree']} disagree, {row['n_not_significant']} not significant"
+            title = f"delta {fmt(row['delta'])} ± {fmt(row['stderr'])} (n {row['n']})"
             cells.append(td("findings", row, "verdict", cls=f"verdict {verdict.replace(' ', '-')}")
                          .replace("<td ", f"<td title=\"{_e(title)}\" ", 1))
         out.append(f"<tr><th>{_e(name)}</th><td class=note>{_e(statements[name])}</td>{''.join(cells)}</tr>")
     out.append("</table>")
-    out.append("<details><summary>counts and support (mean of delta × expected sign)</summary><table><tr><th>check"
-               "</th><th>category</th><th>agree</th><th>disagree</th><th>not significant</th><th>support</th></tr>")
+    out.append("<details><summary>pooled deltas and counts (effects; categories for <em>all</em>)</summary><table>"
+               "<tr><th>check</th><th>category</th><th>delta</th><th>stderr</th><th>n</th><th>agree</th>"
+               "<th>disagree</th><th>not significant</th></tr>")
     for name in checks:
         for c in cats:
             row = by[(name, c)]
-            out.append(f"<tr><th>{_e(name)}</th><td>{_e(c)}</td>" + "".join(
-                td("findings", row, f) for f in ("n_agree", "n_disagree", "n_not_significant", "support")) + "</tr>")
+            out.append(f"<tr><th>{_e(name)}</th><td>{_e(c)}</td>" + "".join(td("findings", row, f) for f in (
+                "delta", "stderr", "n", "n_agree", "n_disagree", "n_not_significant")) + "</tr>")
     out.append("</table></details>")
     return "".join(out)
 
