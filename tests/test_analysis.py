@@ -10,7 +10,7 @@ from lyco.analysis import AnalysisOptions, analyze
 from lyco.analysis.effects import Comparison, Effect, comparisons, mean_stderr
 from lyco.analysis.factors import code_factors
 from lyco.analysis.findings import CHECKS, judge
-from lyco.analysis.table import Checkpoint, FactorRows, load_factor_rows
+from lyco.analysis.table import Checkpoint, load_factor_rows
 from lyco.cli import main as lyco_main
 from lyco.errors import ConfigError
 
