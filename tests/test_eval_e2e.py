@@ -116,7 +116,7 @@ def test_adapter_fidelity_and_known_effects(outcome):
 
 def test_report_matches_csv(outcome):
     files = outcome.files
-    assert set(files) == {"csv", "json", "manifest", "html"}
+    assert set(files) == {"csv", "json", "manifest", "images", "html"}
     with open(files["csv"], newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:4] == ["level", "category", "class", "subclass"]
@@ -141,6 +141,25 @@ def test_report_matches_csv(outcome):
     manifest = json.loads(Path(files["manifest"]).read_text())
     assert manifest["settings"]["sampler"] == "ddim" and manifest["seeds"]["first"] == 1000
     assert manifest["vgg_taps"] == "relu"
+
+
+def test_images_csv_feeds_lyco_analyze(outcome, tmp_path):
+    """images.csv lists the first images of every set; ``lyco analyze`` reads results.csv and images.csv as they are."""
+    from lyco.analysis import AnalysisOptions, analyze
+    with open(outcome.files["images"], newline="") as f:
+        images = list(csv.DictReader(f))
+    sets = {(r["checkpoint"], r["class"], r["prompt_type"]) for r in images}
+    assert len(sets) == len(outcome.plan.sets) and all(Path(r["path"]).is_file() for r in images)
+    trig = [r for r in images if (r["checkpoint"], r["class"], r["prompt_type"]) == ("lora@1", "olis", "trigger")]
+    assert [(r["k"], r["image_seed"], r["config"], r["seed"], r["epoch"]) for r in trig] == \
+        [(str(k), str(1000 + k), "lora@1", "23", "10") for k in range(3)]
+    got = analyze(outcome.files["csv"], None, tmp_path / "analysis", AnalysisOptions(shap=False, thumb_size=16))
+    assert {c.name for c in got.study.pool} == {"lora@1", "lora@0"}                # the base model is not ranked
+    scd = {r.checkpoint: r.score for r in got.scores if r.level == "leaf" and r.class_ == "olis"
+           and r.metric == "scd" and r.prompt_type == "trigger" and r.resize == "letterbox"}
+    assert scd["lora@1"] == 1.0 and scd["lora@0"] == 0.0                           # the adapter's images are the data
+    page = (tmp_path / "analysis" / "report.html").read_text(encoding="utf-8")
+    assert "Contact sheets" in page and page.count("alt=\"lora@") == 2 * 2            # 2 configs x 2 categories
 
 
 def test_rerun_uses_cache_and_gives_same_numbers(world, outcome, monkeypatch, caplog):

@@ -20,6 +20,7 @@ VERBS = {
     "extract": ("lyco.tools.extract", "extract a LoCon from a fine-tuned model by SVD"),
     "resize": ("lyco.tools.resize", "change the rank of an adapter by SVD"),
     "convert": ("lyco.tools.convert", "convert between kohya, PEFT, diffusers and ui-safe files"),
+    "analyze": ("lyco.analysis.cli", "the paper's analysis of evaluated checkpoints: ranks, effects, SHAP, findings"),
     "world": ("lyco.world.cli", "the embedded micro-world: render scenes, write concept datasets"),
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Collection, Iterable
 
 import numpy as np
@@ -53,9 +53,7 @@ class Row:
         return (self.category, self.class_, self.subclass)
 
     def as_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        d["class"] = d.pop("class_")
-        return {k: d[k] for k in COLUMNS}
+        return {k: getattr(self, "class_" if k == "class" else k) for k in COLUMNS}     # (asdict deep-copies: slow)
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> "Row":

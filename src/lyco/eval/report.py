@@ -278,15 +278,39 @@ def render_html(cfg: EvalConfig, outcome: Outcome) -> str:
     return "\n".join(p for p in parts if p)
 
 
+#: images.csv lists the first images of every prompt set (for contact sheets, e.g. ``lyco analyze``)
+IMAGES_LISTED = 4
+IMAGE_COLUMNS = ("checkpoint", "config", "seed", "epoch", "category", "class", "subclass", "prompt_type", "k",
+                 "image_seed", "prompt", "path")
+
+
+def write_images_csv(cfg: EvalConfig, outcome: Outcome, path: Path) -> None:
+    """Where the generated images are: the first IMAGES_LISTED of every (checkpoint, leaf, prompt type) set."""
+    plan = outcome.plan
+    leaves = {leaf.id: leaf for leaf in plan.leaves}
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(IMAGE_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for (variant, leaf_id, ptype), jobs in plan.sets.items():
+        v, leaf = plan.variant(variant), leaves[leaf_id]
+        for j in jobs[:IMAGES_LISTED]:
+            w.writerow({"checkpoint": v.name, "config": v.config, "seed": v.seed, "epoch": v.epoch,
+                        "category": leaf.category, "class": leaf.class_, "subclass": leaf.subclass,
+                        "prompt_type": ptype, "k": j.k, "image_seed": j.seed, "prompt": j.prompt,
+                        "path": str(Path(j.path(cfg.cache_dir)).resolve())})
+    write_atomic(path, buf.getvalue())
+
+
 def write_outputs(cfg: EvalConfig, outcome: Outcome) -> dict[str, Path]:
     out = Path(outcome.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "results.csv", "json": out / "results.json", "manifest": out / "manifest.json",
-             "html": out / "report.html"}
+             "images": out / "images.csv", "html": out / "report.html"}
     all_rows = list(outcome.rows) + list(outcome.aggregates)
     write_csv(all_rows, files["csv"])
     write_json(all_rows, outcome.manifest, files["json"])
     write_atomic(files["manifest"], json.dumps(outcome.manifest, indent=1))
+    write_images_csv(cfg, outcome, files["images"])
     write_atomic(files["html"], render_html(cfg, outcome))
     log.info("report: %s", files["html"])
     return files
