@@ -18,6 +18,7 @@ VERBS = {
     "convert": ("lyco.tools.convert", "convert between kohya, PEFT, diffusers and ui-safe files"),
     "eval": ("lyco.eval.cli", "evaluate base model and adapters as the paper does; HTML report"),
     "world": ("lyco.world.cli", "the embedded micro-world: render scenes, write concept datasets"),
+    "sweep": ("lyco.sweep.cli", "the paper's study: train a grid x seeds, evaluate the pool, analyse"),
 }
 
 
