@@ -115,9 +115,10 @@ def test_paper_grid_runs_and_resolved_settings(paper_sweep):
 
 def test_factors_csv_has_config_and_factor_columns(paper_sweep):
     lines = factors_csv(paper_sweep).splitlines()
-    assert lines[0] == "config,algo,preset,lr,lr_level,dim,alpha,factor,capacity,alpha1"
-    assert lines[1] == "1001,lora,attn-mlp,0.0005,2,8,4.0,,2,False"
-    assert lines[-1] == "1035,full,attn-mlp,5e-07,1,,,,,"
+    assert lines[0] == "config,algo,default,preset,lr,lr_level,dim,alpha,factor,capacity"
+    assert lines[1] == "1001,lora,true,attn-mlp,0.0005,2,8,4.0,,2"
+    assert lines[3] == "1003,lora,false,attn-mlp,0.0005,2,32,1.0,,3"
+    assert lines[-1] == "1035,full,false,attn-mlp,5e-07,1,,,,"
 
 
 def test_include_exclude_and_extra_configs(tmp_path):
@@ -128,7 +129,7 @@ def test_include_exclude_and_extra_configs(tmp_path):
     assert [c.id for c in sw.configs] == ["1001", "1006", "1008", "2001"]
     extra = next(c for c in sw.configs if c.id == "2001")
     assert extra.factors["capacity"] == 9 and extra.factors["batch"] == "small" and extra.varies == "capacity"
-    assert factors_csv(sw).splitlines()[0].endswith(",alpha1,batch")
+    assert factors_csv(sw).splitlines()[0].endswith(",capacity,batch")
 
 
 def test_derived_factors_follow_the_grid_not_a_list(tmp_path):

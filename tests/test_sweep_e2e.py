@@ -103,8 +103,8 @@ def test_sweep_trains_evaluates_and_labels_the_pool(reference):
     assert ckpts == {(f"{c}-s{s}-e{e}", c, str(s), str(e)) for c in "ab" for s in (1, 2) for e in (1, 2)}
     scored = [float(r["score"]) for r in rows if r["checkpoint"] != "base" and r["level"] == "leaf"]
     assert scored and min(scored) == 0.0 and max(scored) == 1.0           # ranked over the pool of 8
-    assert (sw.out / "factors.csv").read_text().splitlines()[1:] == ["a,lora,attn-mlp,0.002,2,4,2.0,,2,False",
-                                                                     "b,lora,attn-mlp,0.002,2,8,4.0,,3,False"]
+    assert (sw.out / "factors.csv").read_text().splitlines()[1:] == ["a,lora,true,attn-mlp,0.002,2,4,2.0,,2",
+                                                                     "b,lora,false,attn-mlp,0.002,2,8,4.0,,3"]
     for r in sw.runs:
         assert r.config_file.is_file() and (r.dir / "config.resolved.json").is_file()
         assert [e["event"] for e in read_attempts(sw.out, r.name)] == ["start", "end"]
@@ -219,3 +219,26 @@ def test_ray_worker_killed_is_retried_and_resumes(world, ray_cluster):
     assert starts[1]["state"] == "interrupted" and starts[1]["last_state"] >= 2
     log = (sw.out / "logs" / f"{run.name}.log").read_text()
     assert "resumed from" in log
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_the_trainers_and_the_run_resumes(world):
+    p = sweep_file(world, "ctrlc", points="[1, 8]", only_a1=True)
+    sw = load_sweep(p)
+    run = sw.runs[0]
+    proc = subprocess.Popen([sys.executable, "-m", "lyco", "sweep", "train", str(p)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, trainers = time.monotonic() + 600, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        if run_state(run, check_lock=False).last_state is not None:
+            trainers = _children(proc.pid)
+            break
+        time.sleep(0.1)
+    assert trainers and run_state(run).state != FINISHED
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(300) == 130
+    assert "run the same command again" in proc.stderr.read()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in trainers)
+    assert lyco("sweep", "train", str(p)) == 0 and run_state(run).state == FINISHED
+    starts = [e for e in read_attempts(sw.out, run.name) if e["event"] == "start"]
+    assert [s["state"] for s in starts] == ["pending", "interrupted"]

@@ -51,28 +51,49 @@ def _argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def _executor(sw, args):
-    from .executors import make_executor
+def _executor_cfg(sw, args):
+    from .config import ExecutorConfig
     over = {k: v for k, v in (("kind", args.kind), ("jobs", args.jobs), ("threads", args.threads),
                               ("address", args.address), ("gpus_per_run", args.gpus_per_run),
                               ("cpus_per_run", args.cpus_per_run), ("max_retries", args.max_retries)) if v is not None}
     try:
-        cfg = sw.cfg.executor.model_validate({**sw.cfg.executor.model_dump(), **over})
+        return ExecutorConfig(**{**sw.cfg.executor.model_dump(), **over})
     except Exception as exc:  # noqa: BLE001 - a bad flag value
         raise ConfigError(f"executor options: {exc}") from None
-    return make_executor(cfg)
 
 
-def _plan(sw) -> int:
+def _plan(sw, ex) -> int:
     from .plan import estimate, plan_text
     from .state import run_state
-    ex = sw.cfg.executor
-    slots = ex.jobs if ex.kind == "local" else max(1, ex.jobs)
-    desc = (f"executor: local, {ex.jobs} job(s) at a time" if ex.kind == "local"
-            else f"executor: Ray ({ex.address or 'local instance'}), {ex.cpus_per_run} CPU(s) per run")
+    desc = (f"executor: local, {ex.jobs} job(s) at a time" if ex.kind == "local" else
+            f"executor: Ray ({ex.address or 'a local instance'}), {ex.cpus_per_run} CPU(s) per run; times below assume "
+            f"{ex.jobs} at a time (--jobs)")
     states = {r.name: run_state(r).state for r in sw.runs}
-    print(plan_text(sw, estimate(sw), slots, desc, states))
+    print(plan_text(sw, estimate(sw), ex.jobs, desc, states))
     return 0
+
+
+def _measured(sw, manifest) -> list[str]:
+    """Speeds measured by the finished work: seconds per training step (start-up included) and per image."""
+    from .manifest import read_attempts
+    from .plan import estimate, run_steps
+    secs, steps, memo = 0.0, 0, {}
+    for r in sw.runs:
+        ends = [e for e in read_attempts(sw.out, r.name) if e.get("event") == "end"]
+        if len(ends) == 1 and ends[0].get("state") == "finished":
+            n = run_steps(r, memo)
+            if n:
+                secs, steps = secs + float(ends[0]["seconds"]), steps + n
+    lines = [f"  measured: {secs / steps:.3g} s per training step of one run, start-up included ({steps} steps)"] \
+        if steps else []
+    ev = manifest.stage("eval") if manifest else {}
+    if ev.get("ok") and ev.get("seconds"):
+        cost = estimate(sw)
+        if cost.images_per_model:
+            images = cost.images_per_model * (int(ev["checkpoints"]) + 1)
+            lines.append(f"  measured: {float(ev['seconds']) / images:.3g} s per evaluation image, everything included "
+                         f"({images} images)")
+    return lines
 
 
 def _status(sw) -> int:
@@ -92,6 +113,7 @@ def _status(sw) -> int:
         note = "; ".join(x for x in (note, err) if x)
         print(f"  {r.name:<16} {st.state:<12} {len(st.checkpoints)}/{len(r.points):<10} {len(starts):>8}  {note}")
     print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print("\n".join(_measured(sw, manifest)))
     if manifest:
         for stage in ("eval", "analyze"):
             rec = manifest.stage(stage)
@@ -121,7 +143,7 @@ def _main(args: argparse.Namespace) -> int:
     from .stages import analyze_stage, eval_stage, run_sweep, train_stage, write_tables
     sw = load_sweep(args.sweep)
     if args.command == "plan":
-        return _plan(sw)
+        return _plan(sw, _executor_cfg(sw, args))
     if args.command == "status":
         return _status(sw)
     logging.getLogger("lyco").setLevel(logging.INFO)
@@ -130,7 +152,8 @@ def _main(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, _sigterm)
         except ValueError:              # not the main thread (called from Python): leave signals alone
             pass
-    ex = _executor(sw, args)
+    from .executors import make_executor
+    ex = make_executor(_executor_cfg(sw, args))
     manifest = Manifest(sw.out, sw.file)
     for note in sw.notes:
         log.info("lyco sweep: note: %s", note)

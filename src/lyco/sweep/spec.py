@@ -212,7 +212,8 @@ def _base(cfg: SweepConfig, root: Path, source: str) -> dict[str, Any]:
     return absolutize(cfg.base, root)
 
 
-def _eval_data(cfg: SweepConfig, root: Path, out: Path, source: str) -> tuple[dict[str, Any], list[str]]:
+def _eval_data(cfg: SweepConfig, root: Path, out: Path, source: str,
+               model: str) -> tuple[dict[str, Any], list[str]]:
     from ..eval.config import EvalConfig
     notes = []
     if isinstance(cfg.eval, str):
@@ -232,6 +233,9 @@ def _eval_data(cfg: SweepConfig, root: Path, out: Path, source: str) -> tuple[di
     if isinstance(cfg.eval, dict) and cfg.eval.get("checkpoints"):
         raise ConfigError(f"{where}: [[eval.checkpoints]]: the sweep fills in the checkpoints; remove them")
     data.update(checkpoints=[], out=str(out / "eval"))
+    if "base" not in data:                   # generate with the model the runs were trained on
+        data["base"] = model
+        notes.append(f"the evaluation generates with the base run's model {model} (set eval base to change it)")
     if data.get("cache"):
         data["cache"] = _abs(str(data["cache"]), Path(data["root"]))
     try:
@@ -260,5 +264,5 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
             spec = _run_spec(cfg, out, base, e, seed, source)
             resolved.setdefault(e.id, spec.train)
             runs.append(spec)
-    eval_data, notes = _eval_data(cfg, root, out, source)
+    eval_data, notes = _eval_data(cfg, root, out, source, str(runs[0].train["model"]["base"]))
     return Sweep(cfg, file, root, out, _configs(entries, resolved), runs, eval_data, notes)

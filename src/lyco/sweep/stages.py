@@ -159,15 +159,22 @@ def _cell(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
+#: the columns of factors.csv before the users' own labels.  ``alpha1`` is left out: the analysis reads α = 1 from
+#: ``alpha`` / ``dim`` (the adapter's scale), and a second column saying the same would make α = 1 a two-factor
+#: change; ``default`` marks each algorithm's default configuration.
+FACTORS_CSV = ("config", "algo", "default", "preset", "lr", "lr_level", "dim", "alpha", "factor", "capacity")
+
+
 def factors_csv(sw: Sweep) -> str:
     """``config`` + the factor columns (derived, then the users' labels), one row per configuration."""
-    extra = sorted({k for c in sw.configs for k in c.factors} - set(FACTOR_COLUMNS))
-    cols = ["config", *FACTOR_COLUMNS, *extra]
+    extra = sorted({k for c in sw.configs for k in c.factors} - set(FACTOR_COLUMNS) - set(FACTORS_CSV))
+    cols = [*FACTORS_CSV, *extra]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for c in sw.configs:
-        w.writerow([c.id, *(_cell(c.factors.get(k)) for k in cols[1:])])
+        row = dict(c.factors, config=c.id, default="true" if c.default else "false")
+        w.writerow([_cell(row.get(k)) for k in cols])
     return buf.getvalue()
 
 
@@ -196,11 +203,12 @@ def analysis_available() -> bool:
 
 
 def run_analysis(results: Path, factors: Path, out: Path, res: Resources, log_file: Path) -> tuple[bool, str]:
-    """The one call into the analysis: ``lyco analyze RESULTS --factors FACTORS --out DIR`` (lyco.analysis is
-    imported only by that child process)."""
+    """The one call into the analysis: ``lyco analyze RESULTS --factors FACTORS --out DIR --overwrite`` (the sweep
+    owns DIR; lyco.analysis is imported only by that child process)."""
     if not analysis_available():
         return False, "analysis not available (lyco.analysis is not installed in this lyco)"
-    rc = spawn(["analyze", str(results), "--factors", str(factors), "--out", str(out)], res, log_file)
+    rc = spawn(["analyze", str(results), "--factors", str(factors), "--out", str(out), "--overwrite",
+                "--threads", str(res.threads)], res, log_file)
     return rc == 0, (f"written to {out}" if rc == 0 else f"lyco analyze exited with {rc}; see {log_file}")
 
 
