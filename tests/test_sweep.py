@@ -378,3 +378,12 @@ def test_make_dataset_all_is_class_balanced(tmp_path, capsys):
     listing = json.loads((tmp_path / "all" / "concepts.json").read_text())["concepts"]
     assert {k: v["repeats"] for k, v in listing.items()} == {"olis": 8, "adl": 1, "pgs": 1, "kro": 5}
     assert sorted(p.name for p in olis.iterdir() if p.is_dir()) == ["8_olis creature", "prompts"]
+
+
+def test_toml_writer_round_trips_nested_tables_and_odd_keys():
+    data = {"a b": 1, "x": [1.5, -2e-7, float("inf")], "t": {"u": "q\"uote", "v": {"w": True}},
+            "concepts": [{"class": "olis", "prompts": {"alter": ["a", "b"]}}, {"world": "kro", "z": {}}],
+            "none": None, "inline": [{"a": 1}, {"b": [2]}]}
+    back = tomllib.loads(dumps(data, header="line one\nline two"))
+    expected = {k: v for k, v in data.items() if v is not None}
+    assert back == expected

@@ -139,7 +139,12 @@ class RayExecutor:
             raise ConfigError("--executor ray needs Ray: pip install 'lyco[ray]' (or pip install 'ray>=2.9')") from None
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
+            except Exception as exc:  # noqa: BLE001 - no cluster at that address, bad address, ...
+                raise ConfigError(f"Ray: cannot start or join a cluster at {cfg.address or 'a local instance'} "
+                                  f"({type(exc).__name__}: {exc}); start one with 'ray start --head' or leave out "
+                                  "--address to start a local instance") from None
         res = ray.cluster_resources()
         self.cpus = cfg.cpus_per_run
         self.gpus_per_run = cfg.gpus_per_run if cfg.gpus_per_run is not None else (1 if res.get("GPU", 0) >= 1 else 0)
