@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, StateError
+from ..errors import ConfigError, StateError, did_you_mean
 from .executors import LocalExecutor, RayExecutor
 from .grid import FACTOR_COLUMNS
 from .jobs import EvalShardJob, JobResult, Resources, TrainJob, spawn
-from .manifest import Manifest, atomic_write_text
+from .manifest import Manifest, atomic_write_text, read_attempts
 from .spec import RunSpec, Sweep
 from .state import CHANGED, FINISHED, run_state
 from .tomlw import dumps
@@ -44,6 +44,10 @@ def train_stage(sw: Sweep, ex: Executor, manifest: Manifest, only: set[str] | No
     """Train every run that is not finished (interrupted ones resume); a failed run is retried by the executor
     and reported, the others go on."""
     t0 = time.perf_counter()
+    names = {r.name for r in sw.runs} | {r.config for r in sw.runs}
+    for o in sorted(only or ()):
+        if o not in names:
+            raise ConfigError(f"--only {o}: no such run or config id{did_you_mean(o, names)}")
     runs = [r for r in sw.runs if only is None or r.name in only or r.config in only]
     states = {r.name: run_state(r) for r in runs}
     changed = [r for r in runs if states[r.name].state == CHANGED]
@@ -60,7 +64,7 @@ def train_stage(sw: Sweep, ex: Executor, manifest: Manifest, only: set[str] | No
     def record(res: JobResult) -> None:
         st = run_state(sw.run(res.key))
         rec = manifest.run(res.key)
-        attempts = rec.get("attempts", 0) + (0 if res.skipped else 1)
+        attempts = sum(e.get("event") == "start" for e in read_attempts(sw.out, res.key))
         manifest.update_run(res.key, state=st.state, ok=res.ok, attempts=attempts, error=res.note if not res.ok else "",
                             seconds=round(rec.get("seconds", 0.0) + res.seconds, 2), devices=res.devices)
         log.info("lyco sweep: %s %s%s", res.key, "finished" if res.ok else "FAILED",
