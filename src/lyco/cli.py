@@ -22,6 +22,7 @@ VERBS = {
     "convert": ("lyco.tools.convert", "convert between kohya, PEFT, diffusers and ui-safe files"),
     "analyze": ("lyco.analysis.cli", "the paper's analysis of evaluated checkpoints: ranks, effects, SHAP, findings"),
     "world": ("lyco.world.cli", "the embedded micro-world: render scenes, write concept datasets"),
+    "sweep": ("lyco.sweep.cli", "the paper's study: train a grid x seeds, evaluate the pool, analyse"),
 }
 
 #: Python-API advice in error messages -> what a command-line user passes instead

@@ -2,6 +2,7 @@
 
     lyco world list                                  held-out concepts (and the base world)
     lyco world make-dataset olis OUT [--seed 0]      a kohya dataset + evaluation prompt sets
+    lyco world make-dataset all OUT                  every held-out concept, class-balanced (OUT/<name>/)
     lyco world render OUT.png [--concept olis]       a sample grid of the world (captions printed)
     lyco world sample OUT.png --prompt "a red star on a blue background"   images from builtin:tiny
     lyco world check IMAGE.png [...] --prompt "..."  what the world's classifier reads in images
@@ -30,12 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the held-out concepts")
     md = sub.add_parser("make-dataset", help="write a concept dataset (kohya layout) and its prompt sets")
-    md.add_argument("name", help="concept name (see 'lyco world list') or 'base'")
+    md.add_argument("name", help="concept name (see 'lyco world list'), 'base', or 'all' (every concept, class-balanced)")
     md.add_argument("out", help="output folder")
     md.add_argument("--seed", type=int, default=0, help="render seed (the same seed gives the same bytes)")
     md.add_argument("--size", type=int, default=32, help="image size in pixels (multiple of 16, >= 32)")
     md.add_argument("-n", "--n-images", type=int, default=None, help="number of images (default: the concept's)")
     md.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    md.add_argument("--exposures", type=int, default=None,
+                    help="'all': samples per concept per epoch (default: the largest concept's image count)")
     rd = sub.add_parser("render", help="render a sample grid of the world")
     rd.add_argument("out", help="output .png")
     rd.add_argument("--concept", default=None, help="render this concept's training images instead")
@@ -109,6 +112,13 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "list":
         return _list()
+    if args.cmd == "make-dataset" and args.name == "all":
+        from .dataset import write_all
+        if args.n_images is not None:
+            raise ConfigError("make-dataset all: -n/--n-images is per concept; write single concepts to change it")
+        for info in write_all(args.out, seed=args.seed, size=args.size, exposures=args.exposures, overwrite=args.force):
+            log.info("wrote %s: %d images in %s", info.name, info.n_images, info.image_dir)
+        return 0
     if args.cmd == "make-dataset":
         info = write_dataset(args.name, args.out, seed=args.seed, size=args.size, n=args.n_images,
                              overwrite=args.force)

@@ -8,12 +8,16 @@ Layout written by :func:`write_dataset` (``OUT`` for concept ``olis``)::
     OUT/concept.json      the concept's metadata (trigger, class, category, counts, seed, image size)
 
 ``write_dataset("base", ...)`` writes base-world images with plain descriptions (e.g. regularisation images).
+``write_all(OUT)`` writes every held-out concept at once for one multi-concept adapter: ``OUT/<name>/`` as above,
+with the folder repeats chosen by the paper's class balancing (≈ the same exposures per concept and epoch), and
+``OUT/concepts.json`` listing them.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,6 +107,46 @@ def write_dataset(name: str, out: str | os.PathLike[str], seed: int = 0, size: i
     return DatasetInfo(name, str(root), str(img_dir), len(items), tuple(c for _, c, _ in items))
 
 
+ALL_NAME = "all"
+
+
+def balanced_repeats(n_images: int, exposures: int) -> int:
+    """The paper's class balancing: each image repeated so a concept gets ≈ ``exposures`` samples per epoch."""
+    return max(1, round(exposures / n_images))
+
+
+def write_all(out: str | os.PathLike[str], seed: int = 0, size: int = 32, exposures: int | None = None,
+              overwrite: bool = False) -> list[DatasetInfo]:
+    """Every held-out concept under ``out/<name>/`` (each as :func:`write_dataset` writes it) with balanced folder
+    repeats: ≈ ``exposures`` samples per concept per epoch (default: the largest concept's image count, so no
+    image is seen less than once)."""
+    root = Path(out)
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise ConfigError(f"{root} exists and is not empty; choose another folder or pass overwrite=True (--force)")
+    target = exposures or max(c.n_images for c in CONCEPTS.values())
+    infos, listing = [], {}
+    for name, concept in CONCEPTS.items():
+        sub = root / name
+        if sub.is_dir():                        # overwrite: no image folder of an earlier balancing may stay
+            for old in sub.glob(f"*_{concept.descriptor}"):
+                if old.is_dir() and old.name.split("_", 1)[0].isdigit():
+                    shutil.rmtree(old)
+        info = write_dataset(name, sub, seed=seed, size=size, overwrite=overwrite)
+        reps = balanced_repeats(info.n_images, target)
+        folder = f"{reps}_{concept.descriptor}"
+        if folder != concept.folder:
+            os.replace(sub / concept.folder, sub / folder)
+            meta = json.loads((sub / "concept.json").read_text())
+            meta.update(repeats=reps, folder=folder)
+            (sub / "concept.json").write_bytes(_dump_json(meta))
+        infos.append(DatasetInfo(name, str(sub), str(sub / folder), info.n_images, info.captions))
+        listing[name] = {"folder": name, "category": concept.category, "n_images": info.n_images, "repeats": reps,
+                         "exposures_per_epoch": reps * info.n_images}
+    (root / "concepts.json").write_bytes(_dump_json({"seed": seed, "image_size": size, "balanced_to": target,
+                                                     "concepts": listing}))
+    return infos
+
+
 def read_prompts(root: str | os.PathLike[str]) -> dict[str, list[PromptSpec]]:
     """The prompt sets written by :func:`write_dataset`, as PromptSpecs."""
     path = Path(root) / "prompts.json"
@@ -116,4 +160,4 @@ def read_prompts(root: str | os.PathLike[str]) -> dict[str, list[PromptSpec]]:
 
 
 def dataset_names() -> list[str]:
-    return list(CONCEPTS) + [BASE_NAME]
+    return list(CONCEPTS) + [BASE_NAME, ALL_NAME]
