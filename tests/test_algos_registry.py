@@ -19,7 +19,7 @@ from lyco.algos.options import AlgoOptions
 from lyco.algos.orthogonal import OrthogonalModule
 from lyco.algos.support import CLIENTS
 from lyco.config import OVERRIDE_KEYS, AdapterConfig
-from lyco.kohya import ARG_FIELDS
+from lyco.kohya.args import ARG_FIELDS
 from lyco.network import needs_find_unused
 
 SRC = Path(lyco.__file__).parent

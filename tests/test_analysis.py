@@ -146,7 +146,7 @@ def test_without_factors_only_epochs(study):
 
 
 # ------------------------------------------------------------------------------------------------ factors
-PAPER = [  # config, algo, preset, lr, dim, alpha, factor (spec §6)
+PAPER = [  # config, algo, preset, lr, dim, alpha, factor (docs/ANALYSIS.md §2.1)
     ("1001", "lora", "attn-mlp", "5e-4", "8", "4", ""), ("1002", "lora", "attn-mlp", "5e-4", "32", "16", ""),
     ("1003", "lora", "attn-mlp", "5e-4", "32", "1", ""), ("1004", "lora", "full", "5e-4", "8", "4", ""),
     ("1005", "lora", "attn-only", "5e-4", "8", "4", ""), ("1006", "lora", "attn-mlp", "1e-4", "8", "4", ""),
@@ -373,3 +373,18 @@ def test_cli(study, tmp_path, capsys):
     assert "lyco analyze: error:" in capsys.readouterr().err and not (tmp_path / "p").exists()
     assert lyco_main(["analyze", str(res), "--no-shap"]) == 0                   # default folder: next to RESULTS
     assert (res.parent / "analysis" / "scores.csv").is_file()
+
+
+def test_analysis_doc_describes_the_checks_and_settings():
+    """docs/ANALYSIS.md §4 names every check's finding and factor; §5.1 states the CatBoost settings in use."""
+    from pathlib import Path
+
+    from lyco.analysis import ShapSettings
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ANALYSIS.md").read_text(encoding="utf-8")
+    findings, shap = doc[doc.index("## 4. "):doc.index("## 5. ")], doc[doc.index("## 5. "):doc.index("## 6. ")]
+    for check in CHECKS:
+        assert f"| {check.finding}" in findings and f"`{check.factor}`" in findings, check.name
+    s = ShapSettings()
+    for text in (f"{s.iterations} iterations", f"learning rate {s.learning_rate}", f"`random_seed` {s.random_seed}",
+                 f"`nan_mode` {s.nan_mode}", f"`--shap-subset {s.subset}` (the default)"):
+        assert text in shap, text

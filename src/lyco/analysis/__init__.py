@@ -1,5 +1,5 @@
 """The paper's study analysis: rank-normalised scores over the whole pool, effects of every factor, the findings
-F1–F5 as checks, Table 1, the best epoch per config, SHAP (CatBoost) and an HTML report.
+F1–F5 as checks, Table 1, the best epoch per config, SHAP (CatBoost) and an HTML report (docs/ANALYSIS.md).
 
     from lyco.analysis import analyze, AnalysisOptions
     outcome = analyze("eval_out/results.csv", "factors.csv", "analysis_out")
@@ -10,6 +10,7 @@ Command line: ``lyco analyze RESULTS.csv [--factors FACTORS.csv] [--out DIR]``. 
 """
 from .explain import ShapSettings
 from .factors import Factors, code_factors
-from .runner import AnalysisOptions, AnalysisOutcome, Study, analyze
+from .plan import AnalysisOptions, AnalysisOutcome, Study
+from .runner import analyze
 
 __all__ = ["AnalysisOptions", "AnalysisOutcome", "Factors", "ShapSettings", "Study", "analyze", "code_factors"]

@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 
 from .explain import SUBSETS, ShapSettings
+from .plan import AnalysisOptions
+from .runner import analyze
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", help="dataset resize mode of the ImSim targets (default letterbox)")
     p.add_argument("--higher-is-better", action="append", default=[], metavar="METRIC",
                    help="direction of a metric lyco does not know (repeatable)")
-    p.add_argument("--lower-is-better", action="append", default=[], metavar="METRIC")
+    p.add_argument("--lower-is-better", action="append", default=[], metavar="METRIC",
+                   help="direction of a metric lyco does not know, e.g. a distance (repeatable)")
     p.add_argument("--images", help="images table for contact sheets (default: images.csv next to RESULTS)")
     p.add_argument("--contact-prompt-type", help="prompt type of the contact sheets (default alter, else trigger)")
     p.add_argument("--no-shap", action="store_true", help="skip SHAP")
@@ -37,13 +40,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-holdout", action="store_true", help="no leave-one-config-out R² (one fit per config)")
     p.add_argument("--threads", type=int, help="CatBoost threads (default all cores)")
     p.add_argument("--no-report", action="store_true", help="CSVs and PNGs only")
-    p.add_argument("--title", default="lyco analysis")
+    p.add_argument("--title", default="lyco analysis", help="title of report.html (default: %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from .runner import AnalysisOptions, analyze
 
     shap = ShapSettings(subset=args.shap_subset, holdout=not args.no_holdout, threads=args.threads,
                         epochs=tuple(e.strip() for e in args.shap_epochs.split(",")) if args.shap_epochs else None)

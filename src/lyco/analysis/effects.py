@@ -1,4 +1,4 @@
-"""Effects: how a category score changes when one thing changes (spec §7's trend statements, measured).
+"""Effects: how a category score changes when one thing changes (docs/ANALYSIS.md §3).
 
 * Configs of the same algorithm that differ in exactly one coded factor (``lr``, ``capacity``, ``scale``,
   ``preset``, …): ``delta`` = mean over matched (seed, epoch) of score(to) − score(from).

@@ -1,4 +1,4 @@
-"""SHAP analysis (spec §5.5): which factors move each category score.
+"""SHAP analysis (docs/ANALYSIS.md §5): which factors move each category score.
 
 Per category and target, a CatBoost regressor with the paper's settings (300 iterations, learning rate 0.1,
 random_seed 123, nan_mode Min; ``algo`` and ``preset`` categorical) on the coded factors, one row per checkpoint

@@ -1,4 +1,5 @@
-"""Coding the factors of a study, from the grid itself (no hard-coded lists of learning rates or dims).
+"""Coding the factors of a study, from the grid itself (no hard-coded lists of learning rates or dims;
+docs/ANALYSIS.md §2).
 
 The paper varies one factor at a time around one default configuration per algorithm.  From the factors table:
 

@@ -1,4 +1,4 @@
-"""The paper's findings F1–F5 (spec §7) as checks on the effects.
+"""The paper's findings F1–F5 (docs/ANALYSIS.md §4) as checks on the effects.
 
 Each check names a factor, a criterion (fidelity = ImSim on train/trigger/alter, controllability = TextSim(alter),
 diversity = Vendi(trigger), preservation = the style-loss score) and the expected sign of every effect it reads

@@ -1,6 +1,6 @@
 """The analysis' files: CSVs (scores, effects, findings, SHAP, Table 1, best epochs, coded factors), beeswarm PNGs
 under ``shap/`` and ``report.html``.  Existing outputs are never replaced unless ``overwrite`` is set, and the
-inputs never are."""
+inputs never are (docs/ANALYSIS.md §7.1)."""
 from __future__ import annotations
 
 import csv
@@ -9,20 +9,20 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..io.atomic import write_atomic
 from ..eval.report import write_csv
+from ..io.atomic import write_atomic
 from .effects import COLUMNS as EFFECT_COLUMNS
-from .factors import order_key
 from .explain import SUMMARY_COLUMNS, VALUE_COLUMNS, ShapModel, value_rows
+from .factors import order_key
 from .findings import COLUMNS as FINDING_COLUMNS
+from .plan import AnalysisOptions, AnalysisOutcome, Study
+from .plots import beeswarm_png
+from .report import render_html
 from .summary import BEST_COLUMNS, TABLE1_COLUMNS
+from .table import cell
 from .targets import TARGETS, target
-
-if TYPE_CHECKING:
-    from .runner import AnalysisOptions, AnalysisOutcome, Study
 
 FILES = {"scores": "scores.csv", "effects": "effects.csv", "findings": "findings.csv", "shap": "shap.csv",
          "shap_values": "shap_values.csv", "table1": "table1.csv", "best": "best.csv", "factors": "factors_coded.csv",
@@ -37,13 +37,13 @@ def shap_png_name(category: str, target_key: str) -> str:
     return f"shap/{slug(category)}-{target_key}.png"
 
 
-def planned_paths(out: Path, study: "Study") -> list[Path]:
+def planned_paths(out: Path, study: Study) -> list[Path]:
     paths = [out / name for name in FILES.values()]
     paths += [out / shap_png_name(cat, t.key) for cat in study.categories for t in TARGETS if t.key in study.targets]
     return paths
 
 
-def check_outputs(out: Path, study: "Study", options: "AnalysisOptions") -> None:
+def check_outputs(out: Path, study: Study, options: AnalysisOptions) -> None:
     """Refuse to write over an input, or over an earlier analysis unless ``overwrite``."""
     inputs = {p.resolve() for p in study.inputs}
     planned = planned_paths(out, study)
@@ -55,15 +55,6 @@ def check_outputs(out: Path, study: "Study", options: "AnalysisOptions") -> None
         shown = ", ".join(str(p) for p in existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
         raise ConfigError(f"{out} already holds an analysis ({shown}); choose another folder with --out, or pass "
                           "--overwrite to replace it")
-
-
-def cell(v: object) -> str:
-    """CSV spelling: exact floats (repr), 'nan' for missing numbers, text as it is."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else repr(v)
-    return str(v)
 
 
 def write_dicts(path: Path, columns: Sequence[str], rows: Iterable[dict[str, object]]) -> None:
@@ -80,7 +71,6 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def beeswarms(models: Sequence[ShapModel]) -> dict[tuple[str, str], bytes]:
-    from .plots import beeswarm_png
     out = {}
     for m in models:
         shown = [[math.nan if (name == "capacity" and m.design.folded[j]) else m.design.X[j][f]
@@ -98,7 +88,7 @@ def beeswarms(models: Sequence[ShapModel]) -> dict[tuple[str, str], bytes]:
     return out
 
 
-def write_outputs(outcome: "AnalysisOutcome", out: Path, options: "AnalysisOptions") -> dict[str, Path]:
+def write_outputs(outcome: AnalysisOutcome, out: Path, options: AnalysisOptions) -> dict[str, Path]:
     """Write everything; returns {kind: path} of the files written.  Files of an earlier analysis in the folder
     (only ever replaced with ``overwrite``) that this one does not produce are removed, so none is stale."""
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +119,6 @@ def write_outputs(outcome: "AnalysisOutcome", out: Path, options: "AnalysisOptio
             write_bytes(path, png)
             files[f"shap:{cat}:{key}"] = path
     if options.report:
-        from .report import render_html
         write_bytes(paths["report"], render_html(outcome, options, pngs).encode("utf-8"))
         files["report"] = paths["report"]
     written = {p.resolve() for p in files.values()}

@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page (plots and images are data URIs) with the findings, Table 1, the best
 epoch per config, the paper's trade-off plots per category and factor, SHAP, the effects, the category scores and
-contact sheets.
+contact sheets (docs/ANALYSIS.md §7.2).
 
 Every number cell carries ``data-table`` (the CSV it comes from), ``data-key`` (the row, see :func:`key`),
 ``data-field`` (the CSV column) and ``data-value`` (the CSV's exact spelling), so the page can be checked against
@@ -12,19 +12,16 @@ import base64
 import html
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from PIL import Image as PILImage
 
 from ..eval.plots import paper_axes
 from ..eval.report import CSS, fmt, row_key
-from .outputs import cell
+from .images import contact_sheets
+from .plan import AnalysisOptions, AnalysisOutcome
 from .plots import factor_scatter_png
+from .table import cell, natural_key
 from .targets import CRITERIA, TARGETS, target
-from .table import natural_key
-
-if TYPE_CHECKING:
-    from .runner import AnalysisOptions, AnalysisOutcome
 
 EXTRA_CSS = """
 td.agree{background:#dff0d8}td.disagree{background:#f7d7d7}td.mixed{background:#fcf3cf}
@@ -57,7 +54,7 @@ def _e(s: object) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- sections
-def _summary(outcome: "AnalysisOutcome") -> str:
+def _summary(outcome: AnalysisOutcome) -> str:
     st = outcome.study
     cks = st.pool
     items = [("result table", st.results.source),
@@ -73,7 +70,7 @@ def _summary(outcome: "AnalysisOutcome") -> str:
     return f"<table>{rows}</table>" + (f"<ul class=note>{notes}</ul>" if notes else "")
 
 
-def _findings(outcome: "AnalysisOutcome") -> str:
+def _findings(outcome: AnalysisOutcome) -> str:
     cats = outcome.study.categories + ["all"]
     by = {(v.check.name, v.category): v.as_dict() for v in outcome.findings}
     checks = list(dict.fromkeys(v.check.name for v in outcome.findings))
@@ -107,7 +104,7 @@ def _findings(outcome: "AnalysisOutcome") -> str:
     return "".join(out)
 
 
-def _table1(outcome: "AnalysisOutcome") -> str:
+def _table1(outcome: AnalysisOutcome) -> str:
     if not outcome.table1:
         return ""
     out = ["<h2 id=table1>Table 1: algorithms at their defaults</h2><p class=note>Per criterion: rank among the "
@@ -130,7 +127,7 @@ def _table1(outcome: "AnalysisOutcome") -> str:
     return "".join(out)
 
 
-def _best(outcome: "AnalysisOutcome") -> str:
+def _best(outcome: AnalysisOutcome) -> str:
     if not outcome.best:
         return ""
     out = ["<h2 id=best>Best epoch per config</h2><p class=note>The epoch with the highest harmonic mean of the "
@@ -146,7 +143,7 @@ def _best(outcome: "AnalysisOutcome") -> str:
     return "".join(out)
 
 
-def _plots(outcome: "AnalysisOutcome") -> str:
+def _plots(outcome: AnalysisOutcome) -> str:
     st = outcome.study
     col = st.targets.get("imsim_alter") or st.targets.get("imsim_trigger")
     enc, resize = (col[1], col[2]) if col else ("dino", "letterbox")
@@ -183,7 +180,7 @@ def _plots(outcome: "AnalysisOutcome") -> str:
             "errors; colour = algorithm, marker = the factor's level.</p>" + "".join(parts))
 
 
-def _shap(outcome: "AnalysisOutcome", pngs: dict[tuple[str, str], bytes]) -> str:
+def _shap(outcome: AnalysisOutcome, pngs: dict[tuple[str, str], bytes]) -> str:
     head = "<h2 id=shap>SHAP</h2>"
     if not outcome.shap:
         return head + f"<p class=note>{_e(outcome.shap_skipped or 'no SHAP models')}</p>"
@@ -213,7 +210,7 @@ def _shap(outcome: "AnalysisOutcome", pngs: dict[tuple[str, str], bytes]) -> str
     return "".join(out)
 
 
-def _effects(outcome: "AnalysisOutcome") -> str:
+def _effects(outcome: AnalysisOutcome) -> str:
     cols = set(outcome.study.targets.values())
     shown = [e for e in outcome.effects if e.column in cols]
     if not shown:
@@ -240,7 +237,7 @@ def _effects(outcome: "AnalysisOutcome") -> str:
     return "".join(out)
 
 
-def _scores(outcome: "AnalysisOutcome") -> str:
+def _scores(outcome: AnalysisOutcome) -> str:
     cols = [(t, outcome.study.targets[t.key]) for t in TARGETS if t.key in outcome.study.targets]
     names = [c.name for c in outcome.study.pool]
     out = ["<h2 id=scores>Category scores</h2><p class=note>Rank-normalised (1 = best) over the whole pool, "
@@ -274,8 +271,7 @@ def _thumb(path, size: int) -> str:
     return _uri(buf.getvalue())
 
 
-def _sheets(outcome: "AnalysisOutcome", options: "AnalysisOptions") -> str:
-    from .images import contact_sheets
+def _sheets(outcome: AnalysisOutcome, options: AnalysisOptions) -> str:
     st = outcome.study
     sheets = contact_sheets(st.images, st.pool, st.factors, options.contact_prompt_type, options.contact_image)
     if not sheets:
@@ -296,7 +292,7 @@ def _sheets(outcome: "AnalysisOutcome", options: "AnalysisOptions") -> str:
     return "".join(out)
 
 
-def _factors(outcome: "AnalysisOutcome") -> str:
+def _factors(outcome: AnalysisOutcome) -> str:
     f = outcome.study.factors
     if f is None:
         return ""
@@ -309,7 +305,7 @@ def _factors(outcome: "AnalysisOutcome") -> str:
             f"algorithm's default); compared: {_e(', '.join(f.compared))}.</p><table><tr>{head}</tr>{body}</table>")
 
 
-def render_html(outcome: "AnalysisOutcome", options: "AnalysisOptions", pngs: dict[tuple[str, str], bytes]) -> str:
+def render_html(outcome: AnalysisOutcome, options: AnalysisOptions, pngs: dict[tuple[str, str], bytes]) -> str:
     parts: Sequence[str] = [
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_e(options.title)}</title>"
         f"<style>{CSS}{EXTRA_CSS}</style></head><body><h1>{_e(options.title)}</h1>",

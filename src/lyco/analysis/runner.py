@@ -3,101 +3,39 @@
     from lyco.analysis import analyze
     outcome = analyze("eval_out/results.csv", "factors.csv", "analysis_out")
 
-Every phase is a plain function of what the previous ones produced; :func:`analyze` reads in one screen.
+Every phase is a plain function of what the previous ones produced; :func:`analyze` reads in one screen.  What
+each phase computes: docs/ANALYSIS.md.
 """
 from __future__ import annotations
 
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, did_you_mean
 from ..eval.rank import Row, aggregate, rank_normalize
-from .effects import Effect, compute_effects
-from .explain import ENABLE, ShapModel, ShapSettings, available, build_design, fit_target
+from .effects import compute_effects
+from .explain import ENABLE, ShapModel, available, build_design, fit_target
 from .factors import Factors, code_factors
-from .findings import Verdict, judge
+from .findings import judge
 from .images import Image, read_images
+from .outputs import check_outputs, write_outputs
+from .plan import AnalysisOptions, AnalysisOutcome, Study
 from .summary import best_epochs, criterion_scores, table1
-from .table import (Checkpoint, FactorsSource, Results, ResultsSource, load_factor_rows, load_results,
-                    metric_directions, natural_key)
+from .table import (
+    Checkpoint,
+    FactorsSource,
+    ResultsSource,
+    load_factor_rows,
+    load_results,
+    metric_directions,
+    natural_key,
+)
 from .targets import TARGETS, Column, resolve_targets
 
 log = logging.getLogger("lyco")
 BASE = "base"
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    """How to analyse (all optional)."""
-
-    #: configs left out before ranking (the paper drops 1007, 1017, 1027)
-    exclude: tuple[str, ...] = ()
-    #: rank the base model with the checkpoints (default: it is not part of the pool, as in the paper)
-    include_base: bool = False
-    #: image encoder and dataset resize mode of the image-similarity / Vendi targets (default dino, letterbox)
-    encoder: str | None = None
-    resize: str | None = None
-    #: directions of metrics lyco does not know (results from other evaluators)
-    higher_is_better: tuple[str, ...] = ()
-    lower_is_better: tuple[str, ...] = ()
-    #: SHAP: run it (needs catboost) and how
-    shap: bool = True
-    shap_settings: ShapSettings = field(default_factory=ShapSettings)
-    #: images table for the contact sheets (default: images.csv next to the result table, when there is one)
-    images: str | Path | None = None
-    contact_prompt_type: str | None = None
-    contact_image: int = 0
-    thumb_size: int = 96
-    #: write report.html (the CSVs are always written)
-    report: bool = True
-    title: str = "lyco analysis"
-    #: replace the outputs of an earlier analysis in the same folder
-    overwrite: bool = False
-
-
-@dataclass
-class Study:
-    """What is analysed: the table, the rank pool, the coded factors, the resolved targets."""
-
-    results: Results
-    pool: list[Checkpoint]
-    factors: Factors | None
-    targets: dict[str, Column]
-    higher_is_better: Callable[[str], bool]
-    images: list[Image]
-    inputs: list[Path]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def categories(self) -> list[str]:
-        return self.results.categories
-
-
-@dataclass
-class AnalysisOutcome:
-    """What came out (the files are written when an output folder is given)."""
-
-    study: Study
-    scores: list[Row]
-    effects: list[Effect]
-    findings: list[Verdict]
-    table1: list[dict[str, object]]
-    best: list[dict[str, object]]
-    shap: list[ShapModel] = field(default_factory=list)
-    shap_skipped: str | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def notes(self) -> list[str]:
-        return self.study.notes
-
-    @property
-    def category_rows(self) -> list[Row]:
-        return [r for r in self.scores if r.level == "category"]
 
 
 # ------------------------------------------------------------------------------------------------- phases
@@ -203,7 +141,6 @@ def analyze(results: ResultsSource, factors: FactorsSource | None = None, out_di
     options = options or AnalysisOptions()
     study = plan_study(results, factors, options)
     if out_dir is not None:
-        from .outputs import check_outputs
         check_outputs(Path(out_dir), study, options)       # before any work: never overwrite silently
     scores = score(study)
     category_rows = [r for r in scores if r.level == "category"]
@@ -217,6 +154,5 @@ def analyze(results: ResultsSource, factors: FactorsSource | None = None, out_di
     if outcome.shap_skipped and options.shap:
         log.warning("%s", outcome.shap_skipped)
     if out_dir is not None:
-        from .outputs import write_outputs
         outcome.files = write_outputs(outcome, Path(out_dir), options)
     return outcome

@@ -1,5 +1,6 @@
 """Summary tables: the paper's Table 1 (the algorithms' defaults ranked per criterion) and the best epoch of each
-config (highest harmonic mean of the criterion scores, as the paper's scripts chose checkpoints)."""
+config (highest harmonic mean of the criterion scores, as the paper's scripts chose checkpoints);
+docs/ANALYSIS.md §6."""
 from __future__ import annotations
 
 import math

@@ -6,7 +6,7 @@ Result table: one row per number.  Required columns ``category``, ``class``, ``c
 columns (``score``) are ignored.  An empty ``value`` is a missing number.
 
 Factors table: a ``config`` column plus one column per factor of the study (``algo``, ``preset``, ``lr``, ``dim``,
-``alpha``, ``factor``, any other label).  :mod:`lyco.analysis.factors` codes it.
+``alpha``, ``factor``, any other label).  :mod:`lyco.analysis.factors` codes it.  See docs/ANALYSIS.md §1.1.
 """
 from __future__ import annotations
 
@@ -71,6 +71,15 @@ def parse_number(text: str) -> float:
     if t == "" or t.lower() in ("nan", "na", "none", "null"):
         return NAN
     return float(t)
+
+
+def cell(v: object) -> str:
+    """CSV spelling: exact floats (repr), 'nan' for missing numbers, text as it is."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    return str(v)
 
 
 # ------------------------------------------------------------------------------------------------- results

@@ -1,4 +1,5 @@
-"""The paper's six analysis targets and four criteria, resolved against the metric columns of a table."""
+"""The paper's six analysis targets and four criteria, resolved against the metric columns of a table
+(docs/ANALYSIS.md §1.4)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ class Target:
     criterion: str
 
 
-#: the paper's SHAP targets (spec §5.5); also what the findings and Table 1 read
+#: the paper's SHAP targets (docs/ANALYSIS.md §1.4); also what the findings and Table 1 read
 TARGETS = (
     Target("imsim_alter", "ImSim (alter)", "image_similarity", "alter", "fidelity"),
     Target("imsim_trigger", "ImSim (trigger)", "image_similarity", "trigger", "fidelity"),
