@@ -56,6 +56,9 @@ def configure_output(verbose: bool) -> None:
         logging.getLogger(name).setLevel(level)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+        for k, v in QUIET_ENV.items():      # a quiet environment inherited from a parent lyco command
+            if os.environ.get(k) == v:
+                del os.environ[k]
         warnings.filterwarnings("default")
     else:
         for k, v in QUIET_ENV.items():
