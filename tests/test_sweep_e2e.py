@@ -117,6 +117,8 @@ def test_sweep_trains_evaluates_and_labels_the_pool(reference):
         assert [e["event"] for e in read_attempts(sw.out, r.name)] == ["start", "end"]
     manifest = json.loads((sw.out / "sweep.json").read_text())
     assert manifest["stages"]["eval"]["ok"] and manifest["runs"]["a-s1"]["state"] == FINISHED
+    for k in (0, 1):                                   # --jobs 2: images and features made in two shard processes
+        assert f"eval shard shard-{k}.toml: generated" in (sw.out / "logs" / f"eval-shard-{k}.log").read_text()
 
 
 def test_sweep_ends_with_the_analysis(reference):
