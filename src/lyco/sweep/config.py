@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
@@ -130,7 +130,7 @@ class SweepConfig(_Strict):
     #: a `lyco eval` config file (its [[checkpoints]] are replaced by the sweep's), or its tables inline
     eval: Union[str, dict[str, Any]]
     #: analyse after the evaluation (true: with the defaults; a table: with these options; false: not)
-    analyze: Optional[AnalyzeConfig] = Field(default_factory=AnalyzeConfig)
+    analyze: AnalyzeConfig | None = Field(default_factory=AnalyzeConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     estimate: Estimate = Field(default_factory=Estimate)
 
