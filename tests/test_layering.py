@@ -55,7 +55,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 #: third-party packages that may be imported inside functions (heavy, or not installed without the extras)
 OPTIONAL = ("diffusers", "transformers", "accelerate", "PIL", "matplotlib", "torch.utils.tensorboard", "tensorboard",
-            "huggingface_hub", "open_clip", "bitsandbytes", "prodigyopt", "lion_pytorch", "catboost")
+            "huggingface_hub", "open_clip", "bitsandbytes", "prodigyopt", "lion_pytorch", "catboost", "ray")
 LEVEL = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 
 

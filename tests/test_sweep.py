@@ -4,25 +4,29 @@ and the micro-world's all-concepts dataset."""
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from lyco.errors import ConfigError
 from lyco.sweep import executors as ex_mod
 from lyco.sweep.config import ExecutorConfig
 from lyco.sweep.grid import PAPER_GRID
 from lyco.sweep.jobs import JobResult, Resources, TrainJob
+from lyco.sweep.manifest import Manifest
 from lyco.sweep.plan import estimate, plan_text
 from lyco.sweep.spec import load_sweep
-from lyco.sweep.stages import factors_csv
-from lyco.sweep.state import (CHANGED, FINISHED, INTERRUPTED, PARTIAL, PENDING, RUNNING, run_state,
-                              safetensors_complete, train_args, try_lock, write_run_config)
+from lyco.sweep.stages import factors_csv, train_stage
+from lyco.sweep.state import (CHANGED, FINISHED, INTERRUPTED, MISSING, PARTIAL, PENDING, RUNNING, run_state,
+                              train_args, try_lock, write_run_config)
 from lyco.sweep.tomlw import dumps
+from lyco.train.checkpoint import MARKER
+from lyco.train.outputs import write_finished
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples" / "sweep"
@@ -110,6 +114,7 @@ def test_paper_grid_runs_and_resolved_settings(paper_sweep):
     assert r.train["save"]["every_n_epochs"] == 1 and r.train["save"]["keep_last_n"] is None
     assert r.train["save"]["state_every_n_epochs"] == 1
     assert r.dir == sw.out / "runs" / "1024-s2" and r.train["output_dir"] == str(r.dir)
+    assert r.train["overwrite"] is False          # trained with --resume latest: the folder is never moved aside
     assert r.train["datasets"][0]["folders"][0].startswith("/")
 
 
@@ -163,6 +168,9 @@ def test_derived_factors_follow_the_grid_not_a_list(tmp_path):
     ('grid = "paper"\ninclude = ["1007"]', None, "'1007' is not a configuration of grid 'paper'"),
     ('', None, "no configurations"),
     ('save_steps = [10]\n[[configs]]\nid = "a"', None, "set exactly one of save_epochs"),
+    ('analyze = { exclude = ["b"] }\n[[configs]]\nid = "a"', None, "analyze.exclude: 'b' is not a configuration"),
+    ('analyze = { shap_subet = "all" }\n[[configs]]\nid = "a"', None, "shap_subset"),
+    ('analyze = { shap_subset = "most" }\n[[configs]]\nid = "a"', None, ("shap_subset", "'paper'")),
 ])
 def test_bad_sweep_files_fail_with_one_clear_error(tmp_path, body, eval_, message):
     with pytest.raises(ConfigError) as err:
@@ -243,52 +251,80 @@ def test_cli_plan_and_both_argument_orders(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ run state
-def fake_safetensors(path: Path, complete: bool = True) -> None:
-    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
-    data = struct.pack("<Q", len(header)) + header + b"\0" * (8 if complete else 3)
-    path.write_bytes(data)
+def adapter(path: Path, step: int, epoch: int) -> Path:
+    """An adapter file with the metadata the trainer writes (``ss_steps``, ``ss_epoch``)."""
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"ss_steps": str(step), "ss_epoch": str(epoch)})
+    return path
 
 
-def test_run_state_decisions(tmp_path):
+def test_run_state_follows_the_trainers_record(tmp_path):
     sw = load_sweep(write_sweep(tmp_path, '[[configs]]\nid = "a"'))
     run = sw.runs[0]
-    assert run_state(run).state == PENDING and train_args(run, run_state(run)) == ["train", str(run.config_file)]
+    resume = ["train", str(run.config_file), "--resume", "latest"]        # always: the trainer decides what to do
+    assert run_state(run).state == PENDING and train_args(run, run_state(run)) == resume
     write_run_config(run)
     run.dir.mkdir(parents=True)
     (run.dir / "config.resolved.json").write_text("{}")
-    assert run_state(run).state == PARTIAL
+    assert run_state(run).state == PARTIAL and train_args(run, run_state(run)) == resume
     (run.dir / "state" / "step-00000002").mkdir(parents=True)
-    assert run_state(run).state == PARTIAL                  # a state without its COMPLETE marker is no state
-    (run.dir / "state" / "step-00000002" / "COMPLETE").write_text("2")
+    assert run_state(run).state == PARTIAL                  # a state without its completion marker is no state
+    (run.dir / "state" / "step-00000002" / MARKER).write_text("2")
     st = run_state(run)
-    assert (st.state, st.last_state) == (INTERRUPTED, 2)
-    assert train_args(run, st) == ["train", str(run.config_file), "--resume", "latest"]
-    fake_safetensors(run.dir / "a-s1-e0001.safetensors")
-    fake_safetensors(run.dir / "a-s1.safetensors", complete=False)     # cut off while writing
+    assert (st.state, st.last_state) == (INTERRUPTED, 2) and train_args(run, st) == resume
+    e1 = adapter(run.dir / "a-s1-e0001.safetensors", 2, 1)
+    final = adapter(run.dir / "a-s1.safetensors", 4, 2)     # written, but finished.json is not (yet)
     st = run_state(run)
-    assert st.state == INTERRUPTED and list(st.checkpoints) == [1]
-    fake_safetensors(run.dir / "a-s1.safetensors")
+    assert st.state == INTERRUPTED and st.checkpoints == {1: e1}
+    write_finished(run.dir, run.name, final, "hash")
     st = run_state(run)
-    assert st.state == FINISHED and st.checkpoints == {1: run.dir / "a-s1-e0001.safetensors",
-                                                       2: run.dir / "a-s1.safetensors"}
-    assert train_args(run, st) is None
+    assert st.state == FINISHED and st.checkpoints == {1: e1, 2: final} and train_args(run, st) is None
     lock = try_lock(run)
     assert run_state(run, check_lock=False).state == FINISHED and try_lock(run) is None
     lock.close()
+    e1.unlink()                                             # a finished run thinned out by hand
+    st = run_state(run)
+    assert st.state == MISSING and train_args(run, st) is None and "epochs 1 are not in" in st.note
     run.config_file.write_text(run.config_file.read_text().replace("lr = 0.001", "lr = 0.002"))
     assert run_state(run).state == CHANGED and train_args(run, run_state(run)) is None
 
 
-def test_export_names_with_any_digit_count(tmp_path):
-    sw = load_sweep(write_sweep(tmp_path, '[[configs]]\nid = "a"'))
-    run = sw.runs[0]
+@pytest.mark.parametrize("unit, files, expected", [
+    # the trainer's names: -e%04d per epoch, -s%08d per step, the final file for the last point (from its metadata)
+    ("epochs", {"a-s1-e0001": (3, 1), "a-s1-e0002": (6, 2), "a-s1": (9, 3)}, {1: "a-s1-e0001", 2: "a-s1-e0002",
+                                                                               3: "a-s1"}),
+    ("epochs", {"a-s1-e000001": (3, 1), "a-s1-e0002": (6, 2), "a-s1-e0003": (9, 3), "a-s1": (9, 3)},
+     {1: "a-s1-e000001", 2: "a-s1-e0002", 3: "a-s1"}),                   # any digit count; the final file wins
+    ("steps", {"a-s1-s00000001": (1, 0), "a-s1-s00000002": (2, 0), "a-s1": (3, 1)},
+     {1: "a-s1-s00000001", 2: "a-s1-s00000002", 3: "a-s1"}),
+    ("epochs", {"a-s1-e0001": (3, 1), "a-s10-e0002": (6, 2), "a-s1-s00000006": (6, 2), "a-s1": (9, 3)},
+     {1: "a-s1-e0001", 3: "a-s1"}),                                      # another run's file, a step export: not ours
+])
+def test_save_points_map_to_the_trainers_exports(tmp_path, unit, files, expected):
+    body = '[[configs]]\nid = "a"'
+    path = write_sweep(tmp_path, body)
+    path.write_text(path.read_text().replace("save_epochs = [1, 2]", f"save_{unit} = [1, 2, 3]"))
+    run = load_sweep(path).runs[0]
     run.dir.mkdir(parents=True)
-    fake_safetensors(run.dir / "a-s1-e000001.safetensors")
-    fake_safetensors(run.dir / "a-s1-e000002.safetensors")
-    fake_safetensors(run.dir / "a-s10-e0001.safetensors")            # another run's name prefix: not ours
-    assert run_state(run).state == FINISHED
-    assert safetensors_complete(run.dir / "a-s1-e000002.safetensors")
-    assert not safetensors_complete(tmp_path / "sweep.toml")
+    for name, (step, epoch) in files.items():
+        adapter(run.dir / f"{name}.safetensors", step, epoch)
+    write_finished(run.dir, run.name, run.dir / "a-s1.safetensors", "hash")
+    st = run_state(run)
+    assert {p: f.stem for p, f in st.checkpoints.items()} == expected
+    assert st.state == (FINISHED if len(expected) == 3 else MISSING)
+
+
+def test_a_finished_run_missing_an_adapter_is_reported_not_retrained(tmp_path):
+    sw = load_sweep(write_sweep(tmp_path, '[[configs]]\nid = "a"'))
+    for run in sw.runs:
+        run.dir.mkdir(parents=True)
+        adapter(run.dir / f"{run.name}-e0001.safetensors", 2, 1)
+        write_finished(run.dir, run.name, adapter(run.dir / f"{run.name}.safetensors", 4, 2), "hash")
+    (sw.runs[0].dir / "a-s1-e0001.safetensors").unlink()
+    manifest = Manifest(sw.out, sw.file)
+    report = train_stage(sw, ex_mod.LocalExecutor(ExecutorConfig()), manifest)
+    assert not report.ok and report.failed == ["a-s1"] and "1 of 2 runs finished (1 already were)" in report.message
+    assert manifest.run("a-s1")["state"] == MISSING and "epochs 1 are not in" in manifest.run("a-s1")["error"]
+    assert not (sw.out / "logs").exists()                    # nothing was started
 
 
 def test_a_locked_run_is_running(tmp_path):

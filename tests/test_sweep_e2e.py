@@ -4,6 +4,8 @@ tables bit for bit without redoing finished runs; the Ray executor (2 CPUs, 2 lo
 tables, runs concurrent tasks on different devices and retries a run whose worker was killed, which resumes."""
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
 import os
 import signal
@@ -55,6 +57,7 @@ set = {{ network.dim = 8, network.alpha = 4.0 }}
 def world(tmp_path_factory):
     """A folder shared by the xdist workers (the reference sweep is made once, under a lock, and re-used)."""
     import fcntl
+
     from lyco.world.dataset import write_dataset
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "sweep-e2e"
@@ -73,6 +76,11 @@ def sweep_file(root: Path, name: str, points: str = "[1, 2]", only_a1: bool = Fa
     p = root / f"{name}.toml"
     p.write_text(text)
     return p
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def lyco(*args: str) -> int:
@@ -95,10 +103,9 @@ def reference(world):
 
 
 def test_sweep_trains_evaluates_and_labels_the_pool(reference):
-    import csv
     sw = reference
     assert all(run_state(r).state == FINISHED for r in sw.runs)
-    rows = list(csv.DictReader(open(sw.out / "eval" / "results.csv")))
+    rows = read_csv(sw.out / "eval" / "results.csv")
     ckpts = {(r["checkpoint"], r["config"], r["seed"], r["epoch"]) for r in rows if r["checkpoint"] != "base"}
     assert ckpts == {(f"{c}-s{s}-e{e}", c, str(s), str(e)) for c in "ab" for s in (1, 2) for e in (1, 2)}
     scored = [float(r["score"]) for r in rows if r["checkpoint"] != "base" and r["level"] == "leaf"]
@@ -110,9 +117,32 @@ def test_sweep_trains_evaluates_and_labels_the_pool(reference):
         assert [e["event"] for e in read_attempts(sw.out, r.name)] == ["start", "end"]
     manifest = json.loads((sw.out / "sweep.json").read_text())
     assert manifest["stages"]["eval"]["ok"] and manifest["runs"]["a-s1"]["state"] == FINISHED
-    import importlib.util
-    if importlib.util.find_spec("lyco.analysis") is not None:
-        assert manifest["stages"]["analyze"]["ok"] and any((sw.out / "analysis").iterdir())
+    for k in (0, 1):                                   # --jobs 2: images and features made in two shard processes
+        assert f"eval shard shard-{k}.toml: generated" in (sw.out / "logs" / f"eval-shard-{k}.log").read_text()
+
+
+def test_sweep_ends_with_the_analysis(reference):
+    sw = reference
+    out = sw.out / "analysis"
+    stage = json.loads((sw.out / "sweep.json").read_text())["stages"]["analyze"]
+    assert stage["ok"] and stage["out"] == str(out)
+    assert {k: Path(v).name for k, v in stage["files"].items() if k in ("scores", "effects", "findings", "report")} \
+        == {"scores": "scores.csv", "effects": "effects.csv", "findings": "findings.csv", "report": "report.html"}
+    rows = read_csv(out / "scores.csv")
+    assert {r["checkpoint"] for r in rows if r["level"] == "category" and r["score"] != "nan"} == {f"{c}-s{s}-e{e}" for c in "ab"
+                                                                          for s in (1, 2) for e in (1, 2)}
+    effects = read_csv(out / "effects.csv")
+    cap = {(r["algo"], r["from"], r["to"], r["config_from"], r["config_to"]) for r in effects if r["factor"] == "capacity"}
+    assert cap == {("lora", "2", "3", "a", "b")}                          # b = a with twice the dim (same scale)
+    assert {r["factor"] for r in effects} == {"capacity", "epoch"}
+    findings = read_csv(out / "findings.csv")
+    assert {r["finding"] for r in findings} == {"F1", "F2", "F3", "F4", "F5"}
+    judged = {r["check"] for r in findings if r["verdict"] != "no data"}
+    assert judged and all(r["factor"] in ("capacity", "epoch") for r in findings if r["check"] in judged)
+    if importlib.util.find_spec("catboost") is not None:
+        assert (out / "shap.csv").is_file() and stage["shap"].endswith("models")
+    else:
+        assert "catboost" in stage["shap"]
 
 
 def test_rerun_redoes_nothing(reference, capsys):
@@ -124,7 +154,14 @@ def test_rerun_redoes_nothing(reference, capsys):
     assert mtimes(sw) == before and (sw.out / "eval" / "results.csv").read_bytes() == results
     assert all(len(read_attempts(sw.out, r.name)) == 2 for r in sw.runs)
     assert lyco("sweep", "status", str(sw.file)) == 0
-    assert "4 finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 finished" in out and "analyze: ok" in out
+    for name in ("results.csv", "scores.csv", "effects.csv", "findings.csv", "report.html"):
+        assert name in out
+    report = sw.out / "analysis" / "report.html"
+    report.unlink()                                                        # an output gone: the analysis is redone
+    assert lyco("sweep", "analyze", str(sw.file)) == 0 and report.is_file()
+    assert "analyze: ok" in capsys.readouterr().out
 
 
 def _children(pid: int) -> list[int]:

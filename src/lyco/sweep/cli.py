@@ -20,23 +20,33 @@ import signal
 import sys
 
 from ..errors import ConfigError
+from .config import ExecutorConfig
+from .executors import make_executor
+from .manifest import Manifest, read_attempts
+from .plan import estimate, plan_text, run_steps
+from .spec import Sweep, load_sweep
+from .stages import analyze_stage, eval_stage, run_sweep, train_stage, write_tables
+from .state import run_state
 
 COMMANDS = ("plan", "run", "status", "train", "eval", "analyze")
 log = logging.getLogger("lyco")
+#: the analysis files ``status`` lists (the others are in the same folder)
+MAIN_OUTPUTS = ("report", "scores", "effects", "findings", "shap")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lyco sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("command", choices=COMMANDS, help="what to do (see below)")
     p.add_argument("sweep", help="the sweep file (TOML); see examples/sweep/")
     ex = p.add_argument_group("executor (overrides the file's [executor])")
-    ex.add_argument("--executor", choices=("local", "ray"), dest="kind")
+    ex.add_argument("--executor", choices=("local", "ray"), dest="kind",
+                    help="local subprocesses (default) or Ray core tasks (pip install 'lyco[ray]')")
     ex.add_argument("--jobs", "-j", type=int, help="local: runs at a time")
     ex.add_argument("--threads", type=int, help="local: CPU threads shared by the jobs")
     ex.add_argument("--address", help="ray: cluster address ('auto' = the running cluster)")
-    ex.add_argument("--gpus-per-run", type=int)
+    ex.add_argument("--gpus-per-run", type=int, help="GPUs per run (default: 1 where there are GPUs, else 0)")
     ex.add_argument("--cpus-per-run", type=int, help="ray: CPUs (and threads) per run")
     ex.add_argument("--max-retries", type=int, help="retries of a failed run (it resumes from its last state)")
     p.add_argument("--only", help="train: only these runs or config ids (comma-separated)")
@@ -51,8 +61,7 @@ def _argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def _executor_cfg(sw, args):
-    from .config import ExecutorConfig
+def _executor_cfg(sw: Sweep, args: argparse.Namespace) -> ExecutorConfig:
     over = {k: v for k, v in (("kind", args.kind), ("jobs", args.jobs), ("threads", args.threads),
                               ("address", args.address), ("gpus_per_run", args.gpus_per_run),
                               ("cpus_per_run", args.cpus_per_run), ("max_retries", args.max_retries)) if v is not None}
@@ -62,9 +71,7 @@ def _executor_cfg(sw, args):
         raise ConfigError(f"executor options: {exc}") from None
 
 
-def _plan(sw, ex) -> int:
-    from .plan import estimate, plan_text
-    from .state import run_state
+def _plan(sw: Sweep, ex: ExecutorConfig) -> int:
     desc = (f"executor: local, {ex.jobs} job(s) at a time" if ex.kind == "local" else
             f"executor: Ray ({ex.address or 'a local instance'}), {ex.cpus_per_run} CPU(s) per run; times below assume "
             f"{ex.jobs} at a time (--jobs)")
@@ -73,10 +80,8 @@ def _plan(sw, ex) -> int:
     return 0
 
 
-def _measured(sw, manifest) -> list[str]:
+def _measured(sw: Sweep, manifest: Manifest | None) -> list[str]:
     """Speeds measured by the finished work: seconds per training step (start-up included) and per image."""
-    from .manifest import read_attempts
-    from .plan import estimate, run_steps
     secs, steps, memo = 0.0, 0, {}
     for r in sw.runs:
         ends = [e for e in read_attempts(sw.out, r.name) if e.get("event") == "end"]
@@ -96,30 +101,49 @@ def _measured(sw, manifest) -> list[str]:
     return lines
 
 
-def _status(sw) -> int:
-    from .manifest import Manifest, read_attempts
-    from .state import run_state
-    manifest = Manifest(sw.out, sw.file) if (sw.out / "sweep.json").is_file() else None
+def _run_lines(sw: Sweep, manifest: Manifest | None) -> list[str]:
+    """One line per run: state, checkpoints, attempts, note; then the counts."""
     counts: dict[str, int] = {}
-    print(f"lyco sweep {sw.cfg.name!r}: {sw.out}")
-    print(f"  {'run':<16} {'state':<12} {'checkpoints':<12} {'attempts':>8}  note")
+    lines = [f"  {'run':<16} {'state':<12} {'checkpoints':<12} {'attempts':>8}  note"]
     for r in sw.runs:
         st = run_state(r)
         counts[st.state] = counts.get(st.state, 0) + 1
         starts = [e for e in read_attempts(sw.out, r.name) if e.get("event") == "start"]
-        err = (manifest.run(r.name).get("error") if manifest else "") or ""
+        err = (manifest.run(r.name).get("error") if manifest and st.state != "finished" else "") or ""
         note = st.note or (f"last state: step {st.last_state}" if st.last_state is not None and st.state != "finished"
                            else "")
         note = "; ".join(x for x in (note, err) if x)
-        print(f"  {r.name:<16} {st.state:<12} {len(st.checkpoints)}/{len(r.points):<10} {len(starts):>8}  {note}")
-    print("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    print("\n".join(_measured(sw, manifest)))
-    if manifest:
-        for stage in ("eval", "analyze"):
-            rec = manifest.stage(stage)
-            if rec:
-                print(f"  {stage}: {'ok' if rec.get('ok') else 'failed: ' + str(rec.get('error', ''))}"
-                      f" ({rec.get('updated', '')})")
+        lines.append(f"  {r.name:<16} {st.state:<12} {len(st.checkpoints)}/{len(r.points):<10} {len(starts):>8}  {note}")
+    lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return lines
+
+
+def _stage_lines(manifest: Manifest) -> list[str]:
+    """The evaluation's and the analysis' outcome, their files and the findings."""
+    lines = []
+    for stage in ("eval", "analyze"):
+        rec = manifest.stage(stage)
+        if not rec:
+            continue
+        lines.append(f"  {stage}: {'ok' if rec.get('ok') else 'failed: ' + str(rec.get('error', ''))}"
+                     f" ({rec.get('updated', '')})")
+        if stage == "eval" and rec.get("ok"):
+            lines.append(f"    results: {rec.get('results', '')}")
+        if stage == "analyze" and rec.get("ok"):
+            files = rec.get("files") or {}
+            lines += [f"    {kind}: {files[kind]}" for kind in MAIN_OUTPUTS if kind in files]
+            lines.append(f"    SHAP: {rec.get('shap', '')}; more tables in {rec.get('out', '')}")
+            found = rec.get("findings") or {}
+            judged = {k: v for k, v in found.items() if v != "no data"}
+            lines.append(f"    findings (all categories; {len(found) - len(judged)} checks without data in this grid):")
+            lines += [f"      {name:<32} {verdict}" for name, verdict in judged.items()]
+    return lines
+
+
+def _status(sw: Sweep) -> int:
+    manifest = Manifest(sw.out, sw.file) if (sw.out / "sweep.json").is_file() else None
+    print(f"lyco sweep {sw.cfg.name!r}: {sw.out}")
+    print("\n".join(_run_lines(sw, manifest) + _measured(sw, manifest) + (_stage_lines(manifest) if manifest else [])))
     return 0
 
 
@@ -138,9 +162,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .manifest import Manifest
-    from .spec import load_sweep
-    from .stages import analyze_stage, eval_stage, run_sweep, train_stage, write_tables
     sw = load_sweep(args.sweep)
     if args.command == "plan":
         return _plan(sw, _executor_cfg(sw, args))
@@ -152,7 +173,6 @@ def _main(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, _sigterm)
         except ValueError:              # not the main thread (called from Python): leave signals alone
             pass
-    from .executors import make_executor
     ex = make_executor(_executor_cfg(sw, args))
     manifest = Manifest(sw.out, sw.file)
     for note in sw.notes:
@@ -164,11 +184,7 @@ def _main(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         reports = [eval_stage(sw, ex, manifest, args.partial)]
     elif args.command == "analyze":
-        from .stages import analysis_available
         reports = [analyze_stage(sw, ex, manifest)]
-        if not analysis_available():
-            print(reports[0].message, file=sys.stderr)
-            return 1
     else:
         reports = run_sweep(sw, ex, manifest, args.partial)
     for r in reports:

@@ -8,6 +8,7 @@
     save_epochs = [10, 30, 50]             # or save_steps = [...]
     eval = "../eval/sd15-paper.toml"       # a `lyco eval` config (its [[checkpoints]] are filled in), or [eval]
     grid = "paper"                         # the paper's 26 configurations (ids 1001-1035)
+    analyze = { shap_subset = "paper" }    # lyco.analysis options (true: the defaults; false: no analysis)
 
     [[configs]]                            # more configurations (or the only ones, without `grid`)
     id = "2001"
@@ -76,6 +77,26 @@ class ExecutorConfig(_Strict):
     eval_shards: StrictInt | None = Field(None, ge=1)
 
 
+class AnalyzeConfig(_Strict):
+    """How the analysis stage runs :func:`lyco.analysis.analyze` (``analyze = false`` skips it)."""
+
+    #: configurations left out before ranking (they are still trained and evaluated)
+    exclude: list[Union[StrictStr, StrictInt]] = Field(default_factory=list)
+    #: image encoder and dataset resize mode of the ImSim / Vendi targets (default: dino, letterbox)
+    encoder: str | None = None
+    resize: str | None = None
+    #: SHAP with CatBoost (skipped with a note when catboost is not installed: pip install 'lyco[analysis]')
+    shap: StrictBool = True
+    #: "paper": drop the α = 1 and below-default-capacity variants and fold native capacity into algo; "all"
+    shap_subset: Literal["paper", "all"] = "paper"
+    #: only these save points in the SHAP models (default: all)
+    shap_epochs: list[StrictInt] | None = None
+    #: leave-one-config-out held-out R² (one more CatBoost fit per configuration)
+    holdout: StrictBool = True
+    #: write report.html (the CSVs are always written)
+    report: StrictBool = True
+
+
 class Estimate(_Strict):
     """Cost figures for ``plan`` (measured on your machine; ``status`` prints the measured ones after runs)."""
 
@@ -108,8 +129,8 @@ class SweepConfig(_Strict):
     configs: list[ConfigEntry] = Field(default_factory=list)
     #: a `lyco eval` config file (its [[checkpoints]] are replaced by the sweep's), or its tables inline
     eval: Union[str, dict[str, Any]]
-    #: run `lyco analyze` after the evaluation
-    analyze: StrictBool = True
+    #: analyse after the evaluation (true: with the defaults; a table: with these options; false: not)
+    analyze: AnalyzeConfig | None = Field(default_factory=AnalyzeConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     estimate: Estimate = Field(default_factory=Estimate)
 
@@ -120,6 +141,12 @@ class SweepConfig(_Strict):
         if dup:
             raise ValueError(f"seeds repeated: {dup}")
         return v
+
+    @field_validator("analyze", mode="before")
+    @classmethod
+    def _analyze(cls, v: Any) -> Any:
+        """``analyze = true`` (the defaults) / ``false`` (no analysis stage) / a table of options."""
+        return {} if v is True else None if v is False else v
 
     @field_validator("save_epochs", "save_steps")
     @classmethod

@@ -12,16 +12,16 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from ..eval.backbones import resolve_device
+from ..eval.config import load_eval_config
+from ..eval.generate import run_generation, windows
+from ..eval.runner import Backbones, build_plan, check_backbones, extract_needs, feature_needs
+
 log = logging.getLogger("lyco")
 
 
 def prepare_shard(config: str | Path, with_base: bool = False) -> int:
-    from ..eval.backbones import resolve_device
-    from ..eval.config import load_config
-    from ..eval.generate import run_generation, windows
-    from ..eval.runner import Backbones, build_plan, check_backbones, extract_needs, feature_needs
-
-    cfg = load_config(config)
+    cfg = load_eval_config(config)
     plan = build_plan(cfg)
     check_backbones(cfg, plan)
     cache = cfg.cache_dir

@@ -16,6 +16,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Sequence
 
+import torch
+
 from ..errors import ConfigError
 from .config import ExecutorConfig
 from .jobs import Children, Job, JobResult, Resources, execute
@@ -37,7 +39,6 @@ def visible_gpus() -> list[str]:
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
     try:
-        import torch
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - no usable CUDA: CPU only
         return []

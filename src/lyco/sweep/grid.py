@@ -1,4 +1,4 @@
-"""The paper's grid (App. D.2, evaluation spec §6) and the factor labels of a sweep's configurations.
+"""The paper's grid (arXiv 2309.14859, App. D.2) and the factor labels of a sweep's configurations.
 
 ``PAPER_GRID`` lists the 26 evaluated configurations with their ids: one default per algorithm (LoRA 1001, LoHa
 1011, LoKr 1021, native fine-tuning 1031) and one-factor-at-a-time variations around it.  Each entry only says

@@ -12,25 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
+from ..io.atomic import write_atomic
 
 MANIFEST = "sweep.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename (created with the
-    process's umask, so normal permissions)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def now() -> str:
@@ -75,7 +60,7 @@ class Manifest:
             self._save()
 
     def _save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        write_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ attempts

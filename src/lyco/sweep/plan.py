@@ -12,6 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..eval.config import EvalConfig
+from ..eval.prompts import build_leaves
+from ..train.config import TrainConfig
+from ..train.data import scan_dataset
 from .spec import RunSpec, Sweep
 
 log = logging.getLogger("lyco")
@@ -40,8 +44,6 @@ class Cost:
 def _steps_per_epoch(train: dict[str, Any]) -> int:
     """Optimizer steps of one epoch, as the trainer counts them (datasets scanned, repeats and balancing
     applied; bucket leftovers make a few more batches on multi-bucket data)."""
-    from ..train.config import TrainConfig
-    from ..train.data import scan_dataset
     cfg = TrainConfig(**train)
     batches = 0
     lyco_log = logging.getLogger("lyco")
@@ -73,12 +75,10 @@ def run_steps(run: RunSpec, memo: dict[str, int | None]) -> int | None:
 
 def _images_per_model(sw: Sweep) -> tuple[int | None, bool, str, list[str]]:
     """Images generated per model (base or checkpoint) by the evaluation config, and whether exact."""
-    from ..eval.config import EvalConfig
     cfg = EvalConfig(**sw.eval_data)
     g = cfg.generation
     size = f"{g.width}x{g.height}" if g.width and g.height else "the model's resolution"
     try:
-        from ..eval.prompts import build_leaves
         leaves = build_leaves(cfg)
         return sum(ps.n_images for leaf in leaves for ps in leaf.prompt_sets.values()), True, size, []
     except Exception as exc:  # noqa: BLE001 - datasets not there yet: estimate from the prompt types

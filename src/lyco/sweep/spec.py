@@ -13,6 +13,8 @@ from typing import Any, Mapping
 from pydantic import ValidationError
 
 from ..errors import ConfigError, did_you_mean
+from ..eval.config import EvalConfig
+from ..train.config import TrainConfig
 from ..validation import format_validation_error
 from .config import ConfigEntry, SweepConfig, parse_sweep, read_toml
 from .grid import FACTOR_COLUMNS, GRIDS, Settings, derive_factors, varies
@@ -115,7 +117,6 @@ def absolutize(run: dict[str, Any], root: Path) -> dict[str, Any]:
 
 def _validate_train(data: dict[str, Any], source: str) -> dict[str, Any]:
     """A run config as the trainer would read it; returns its resolved form (every default filled in)."""
-    from ..train.config import TrainConfig
     try:
         return TrainConfig(**data).resolved()
     except ValidationError as exc:
@@ -151,6 +152,13 @@ def _entries(cfg: SweepConfig, source: str) -> list[ConfigEntry]:
     return entries
 
 
+def _check_excluded(cfg: SweepConfig, ids: list[str], source: str) -> None:
+    for x in (str(i) for i in (cfg.analyze.exclude if cfg.analyze else ())):
+        if x not in ids:
+            raise ConfigError(f"{source}: analyze.exclude: {x!r} is not a configuration of this sweep"
+                              f"{did_you_mean(x, ids)}")
+
+
 def _sweep_keys(cfg: SweepConfig) -> dict[str, Any]:
     """What the sweep sets on every run: length from the save points, exports exactly at them (every gcd, all
     kept), a crash-safe state at least as often (unless the base asks for states)."""
@@ -176,7 +184,8 @@ def _run_spec(cfg: SweepConfig, sweep_out: Path, base: dict[str, Any], entry: Co
     run_dir = sweep_out / "runs" / name
     data = deep_merge(base, entry.set)
     data = deep_merge(data, _sweep_keys(cfg))
-    data.update(name=name, output_dir=str(run_dir), overwrite=True)
+    data.update(name=name, output_dir=str(run_dir))
+    data.pop("overwrite", None)     # always trained with --resume latest: the run folder is the run's, kept as it is
     data["train"]["seed"] = seed
     save = data.setdefault("save", {})
     if not save.get("state_every_n_epochs") and not save.get("state_every_n_steps"):
@@ -214,7 +223,6 @@ def _base(cfg: SweepConfig, root: Path, source: str) -> dict[str, Any]:
 
 def _eval_data(cfg: SweepConfig, root: Path, out: Path, source: str,
                model: str) -> tuple[dict[str, Any], list[str]]:
-    from ..eval.config import EvalConfig
     notes = []
     if isinstance(cfg.eval, str):
         path = Path(cfg.eval) if Path(cfg.eval).is_absolute() else root / cfg.eval
@@ -255,6 +263,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     entries = _entries(cfg, source)
     for e in entries:
         _check_set(e, source)
+    _check_excluded(cfg, [e.id for e in entries], source)
     base = _base(cfg, root, source)
     _validate_train(deep_merge(base, _sweep_keys(cfg)), f"{source}: base run")
     runs: list[RunSpec] = []

@@ -1,14 +1,14 @@
 """The sweep's stages as plain functions: train every run, evaluate the pool, analyse; and ``run`` = all three.
 
 Each stage is idempotent: finished runs are skipped (interrupted ones resume), the evaluation is skipped when its
-inputs are unchanged (and otherwise re-uses its image/feature cache), the analysis is redone only when the
-evaluation changed.
+inputs are unchanged (and otherwise re-uses its image/feature cache), the analysis (:func:`lyco.analysis.analyze`,
+called in this process) is redone only when the results, the factors or its options changed.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, StateError, did_you_mean
+from ..analysis import AnalysisOptions, ShapSettings, analyze
+from ..errors import ConfigError, LycoError, StateError, did_you_mean
+from ..io.atomic import write_atomic
+from .config import AnalyzeConfig
 from .executors import LocalExecutor, RayExecutor
 from .grid import FACTOR_COLUMNS
-from .jobs import EvalShardJob, JobResult, Resources, TrainJob, spawn
-from .manifest import Manifest, atomic_write_text, read_attempts
+from .jobs import EvalShardJob, JobResult, TrainJob, spawn
+from .manifest import Manifest, read_attempts
 from .spec import Sweep
-from .state import CHANGED, FINISHED, run_state
+from .state import CHANGED, FINISHED, MISSING, run_state
 from .tomlw import dumps
 
 log = logging.getLogger("lyco")
@@ -55,8 +58,12 @@ def train_stage(sw: Sweep, ex: Executor, manifest: Manifest, only: set[str] | No
         raise ConfigError("these runs were made with other settings than the sweep now gives them:\n" + "\n".join(
             f"  {r.name}: {r.config_file}" for r in changed) + "\nrestore the sweep's settings, or move those run "
             "folders and their .toml files away to train them again")
-    todo = [r for r in runs if states[r.name].state != FINISHED]
-    done = len(runs) - len(todo)
+    lost = [r for r in runs if states[r.name].state == MISSING]     # finished, but adapters gone: the user decides
+    for r in lost:
+        log.warning("lyco sweep: %s: %s", r.name, states[r.name].note)
+        manifest.update_run(r.name, state=MISSING, ok=False, error=states[r.name].note)
+    todo = [r for r in runs if states[r.name].state not in (FINISHED, MISSING)]
+    done = len(runs) - len(todo) - len(lost)
     log.info("lyco sweep: %d runs, %d finished, %d to train (%s)", len(runs), done, len(todo), ex.describe())
     for r in todo:
         manifest.update_run(r.name, state=states[r.name].state, config=r.config, seed=r.seed, dir=str(r.dir))
@@ -71,7 +78,7 @@ def train_stage(sw: Sweep, ex: Executor, manifest: Manifest, only: set[str] | No
                  f" in {res.seconds:.0f} s" if res.seconds else "" if res.ok else f": {res.note}")
 
     results = ex.map([TrainJob(r, sw.out) for r in todo], record)
-    failed = sorted(r.key for r in results if not r.ok)
+    failed = sorted([r.key for r in results if not r.ok] + [r.name for r in lost])
     msg = f"{len(runs) - len(failed)} of {len(runs)} runs finished ({done} already were)"
     if failed:
         msg += f"; failed: {', '.join(failed)} (logs in {sw.out / 'logs'})"
@@ -121,7 +128,7 @@ def _shards(sw: Sweep, ex: Executor, data: dict[str, Any], ckpts: list[dict[str,
         start += size
         path = sw.out / "eval" / "shards" / f"shard-{k}.toml"
         shard = dict(data, checkpoints=part, out=str(path.parent / f"shard-{k}"), cache=cache)
-        atomic_write_text(path, dumps(shard, header=f"eval shard {k} of {n}: written by lyco sweep"))
+        write_atomic(path, dumps(shard, header=f"eval shard {k} of {n}: written by lyco sweep"))
         jobs.append(EvalShardJob(k, path, sw.out, with_base=k == 0))
     return jobs
 
@@ -136,7 +143,7 @@ def eval_stage(sw: Sweep, ex: Executor, manifest: Manifest, partial: bool = Fals
     if manifest.stage("eval").get("key") == key and results.is_file():
         return StageReport("eval", True, f"up to date ({len(ckpts)} checkpoints): {results}")
     cfg_file = sw.out / "eval" / "pool.toml"
-    atomic_write_text(cfg_file, dumps(data, header="the sweep's evaluation pool: written by lyco sweep"))
+    write_atomic(cfg_file, dumps(data, header="the sweep's evaluation pool: written by lyco sweep"))
     cache = str(Path(data["cache"]) if data.get("cache") else sw.out / "eval" / "cache")
     shards = _shards(sw, ex, data, ckpts, cache)
     if shards:
@@ -198,40 +205,61 @@ def write_tables(sw: Sweep) -> Path:
     for name, text in (("factors.csv", factors_csv(sw)), ("configs.csv", configs_csv(sw))):
         p = sw.out / name
         if not p.is_file() or p.read_text(encoding="utf-8") != text:
-            atomic_write_text(p, text)
+            write_atomic(p, text)
     return sw.out / "factors.csv"
 
 
-def analysis_available() -> bool:
-    return importlib.util.find_spec("lyco.analysis") is not None
+def analysis_options(sw: Sweep, threads: int) -> AnalysisOptions:
+    """The sweep's ``analyze`` options as :class:`lyco.analysis.AnalysisOptions` (the sweep owns its analysis
+    folder, so an earlier analysis there is replaced)."""
+    a = sw.cfg.analyze or AnalyzeConfig()
+    shap = ShapSettings(subset=a.shap_subset, holdout=a.holdout, threads=threads,
+                        epochs=tuple(str(e) for e in a.shap_epochs) if a.shap_epochs else None)
+    return AnalysisOptions(exclude=tuple(str(x) for x in a.exclude), encoder=a.encoder, resize=a.resize, shap=a.shap,
+                           shap_settings=shap, report=a.report, title=f"lyco sweep {sw.cfg.name}", overwrite=True)
 
 
-def run_analysis(results: Path, factors: Path, out: Path, res: Resources, log_file: Path) -> tuple[bool, str]:
-    """The one call into the analysis: ``lyco analyze RESULTS --factors FACTORS --out DIR --overwrite`` (the sweep
-    owns DIR; lyco.analysis is imported only by that child process)."""
-    if not analysis_available():
-        return False, "analysis not available (lyco.analysis is not installed in this lyco)"
-    rc = spawn(["analyze", str(results), "--factors", str(factors), "--out", str(out), "--overwrite",
-                "--threads", str(res.threads)], res, log_file)
-    return rc == 0, (f"written to {out}" if rc == 0 else f"lyco analyze exited with {rc}; see {log_file}")
+def _analysis_key(results: Path, factors: Path, options: AnalysisOptions) -> str:
+    settings = dataclasses.replace(options, shap_settings=dataclasses.replace(options.shap_settings, threads=None))
+    return hashlib.sha256(results.read_bytes() + factors.read_bytes() + repr(settings).encode()).hexdigest()[:20]
+
+
+def _up_to_date(rec: dict[str, Any], key: str) -> bool:
+    files = rec.get("files") or {}
+    return rec.get("ok") and rec.get("key") == key and bool(files) and all(Path(f).is_file() for f in files.values())
 
 
 def analyze_stage(sw: Sweep, ex: Executor, manifest: Manifest) -> StageReport:
+    """:func:`lyco.analysis.analyze` on the evaluation's results and the sweep's factors, in this process; redone
+    only when its inputs or options changed (or its files are gone)."""
     t0 = time.perf_counter()
     factors = write_tables(sw)
     results = sw.out / "eval" / "results.csv"
     if not results.is_file():
         return StageReport("analyze", False, f"no evaluation results yet ({results}); run lyco sweep eval first")
-    key = hashlib.sha256(results.read_bytes() + factors.read_bytes()).hexdigest()[:20]
     out = sw.out / "analysis"
-    if manifest.stage("analyze").get("key") == key and out.is_dir():
+    options = analysis_options(sw, ex.final_resources().threads)
+    key = _analysis_key(results, factors, options)
+    if _up_to_date(manifest.stage("analyze"), key):
         return StageReport("analyze", True, f"up to date: {out}")
-    if not analysis_available():
-        return StageReport("analyze", True, "skipped: analysis not available (this lyco has no lyco.analysis); "
-                           f"factors written to {factors}")
-    ok, msg = run_analysis(results, factors, out, ex.final_resources(), sw.out / "logs" / "analyze.log")
-    manifest.update_stage("analyze", ok=ok, key=key if ok else None, out=str(out), error="" if ok else msg)
-    return StageReport("analyze", ok, msg, time.perf_counter() - t0)
+    log.info("lyco sweep: analysing %s", results)
+    try:
+        outcome = analyze(results, factors, out, options)
+    except LycoError as exc:
+        manifest.update_stage("analyze", ok=False, key=None, out=str(out), error=str(exc))
+        return StageReport("analyze", False, f"lyco analyze: {exc}", time.perf_counter() - t0)
+    except Exception as exc:
+        manifest.update_stage("analyze", ok=False, key=None, out=str(out), error=f"{type(exc).__name__}: {exc}")
+        raise
+    for note in outcome.notes + ([outcome.shap_skipped] if outcome.shap_skipped and options.shap else []):
+        log.info("lyco sweep: analysis note: %s", note)
+    findings = {v.check.name: v.verdict for v in outcome.findings if v.category == "all"}
+    secs = time.perf_counter() - t0
+    manifest.update_stage("analyze", ok=True, key=key, out=str(out), error="", seconds=round(secs, 2),
+                          files={k: str(p) for k, p in outcome.files.items() if not k.startswith("shap:")},
+                          shap=outcome.shap_skipped or f"{len(outcome.shap)} models", findings=findings)
+    main = outcome.files.get("report", outcome.files.get("findings", out))
+    return StageReport("analyze", True, f"written to {out}: {main}", secs)
 
 
 def run_sweep(sw: Sweep, ex: Executor, manifest: Manifest, partial: bool = False) -> list[StageReport]:
@@ -243,6 +271,6 @@ def run_sweep(sw: Sweep, ex: Executor, manifest: Manifest, partial: bool = False
                                    "kept), or evaluate what exists with --partial"))
         return reports
     reports.append(eval_stage(sw, ex, manifest, partial))
-    if reports[-1].ok and sw.cfg.analyze:
+    if reports[-1].ok and sw.cfg.analyze is not None:
         reports.append(analyze_stage(sw, ex, manifest))
     return reports

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from . import checks as K
 from . import render as R
 from .concepts import CONCEPTS, get_concept
-from .dataset import base_items, concept_items, write_dataset
+from .dataset import base_items, concept_items, write_all, write_dataset
 from .sampling import generate
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,6 @@ def main(argv: list[str]) -> int:
     if args.cmd == "list":
         return _list()
     if args.cmd == "make-dataset" and args.name == "all":
-        from .dataset import write_all
         if args.n_images is not None:
             raise ConfigError("make-dataset all: -n/--n-images is per concept; write single concepts to change it")
         for info in write_all(args.out, seed=args.seed, size=args.size, exposures=args.exposures, overwrite=args.force):
