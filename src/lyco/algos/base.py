@@ -389,8 +389,19 @@ class AdapterModule(nn.Module):
         """‖W + s·c·ΔW_raw‖ per channel of the DoRA axis (flat fp32), without building W + ΔW when possible."""
         lr = self.lowrank(mask)
         if lr is not None:
-            return dora_f.lowrank_norms(W, lr[0], lr[1], self.t(), self.dora_axis)
+            return dora_f.lowrank_norms(W, lr[0], lr[1], self.t(), self.dora_axis, self.weight_sq_norms(W))
         return dora_f.dense_norms(W, self.delta_weight(mask), self.dora_axis)
+
+    def weight_sq_norms(self, W: torch.Tensor) -> torch.Tensor:
+        """‖W‖² per channel of the DoRA axis (fp32), cached while the frozen weight is unchanged (same storage,
+        same in-place version); a weight that requires grad (a stacked adapter below) is never cached."""
+        if W.requires_grad:
+            return dora_f.sq_norms(W, self.dora_axis)
+        key = (W.data_ptr(), W._version, tuple(W.shape), W.dtype, W.device, self.dora_axis)
+        hit = self.__dict__.get("_wsq")
+        if hit is None or hit[0] != key:
+            hit = self.__dict__["_wsq"] = (key, dora_f.sq_norms(W.detach(), self.dora_axis))
+        return hit[1]
 
     def _dora_bypass(self, x, base, m, mask):
         W, b = base_params(base)

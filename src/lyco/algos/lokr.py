@@ -9,7 +9,6 @@ import torch.nn as nn
 
 from ..errors import FileFormatError
 from .base import AdapterModule
-from .functional import dora as dora_f
 from .functional import fused
 from .functional import lokr as F_lokr
 from .functional.common import factorization, kaiming_
@@ -180,7 +179,7 @@ class LoKrModule(AdapterModule):
         fn = F_lokr.row_norms_sq_terms if self.dora_axis == "out" else F_lokr.col_norms_sq_terms
         cross, sq = fn(W.float(), w1, w2, self.a, self.b, self.c, self.d)
         t = self.t()
-        wsq = dora_f.norms(W, self.dora_axis).pow(2)
+        wsq = self.weight_sq_norms(W)
         return (wsq + 2 * t * cross + t * t * sq).clamp_min(0).sqrt()
 
     # ------------------------------------------------------------------ files
