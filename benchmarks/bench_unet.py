@@ -179,13 +179,16 @@ class Contender:
     """One model under test: the text encoder and UNet (with or without adapters) and its optimizer."""
     te: nn.Module
     unet: nn.Module
-    params: list[torch.Tensor] = field(default_factory=list)
+    net: nn.Module | None = None  # a network object holding the adapter parameters outside the models (lycoris)
     n_adapted: int = 0
     amp: torch.dtype | None = None
+    params: list[torch.Tensor] = field(default_factory=list)
     opt: torch.optim.Optimizer | None = None
 
     def __post_init__(self):
-        self.params = [p for p in itertools.chain(self.te.parameters(), self.unet.parameters()) if p.requires_grad]
+        mods = [self.te, self.unet] + ([self.net] if self.net is not None else [])
+        params = {id(p): p for p in itertools.chain(*(m.parameters() for m in mods)) if p.requires_grad}
+        self.params = list(params.values())
         if self.params:
             self.opt = torch.optim.AdamW(self.params, lr=1e-4)
 
@@ -237,7 +240,7 @@ def build_group(algo: str, te, unet, amp, preset_file: str, only: set[str]) -> t
             continue
         if name == "lyco":
             lyco_net = net
-        out[name] = Contender(t, u, n_adapted=n, amp=amp)
+        out[name] = Contender(t, u, net=net if name.startswith("lycoris") else None, n_adapted=n, amp=amp)
     return out, errors
 
 

@@ -156,3 +156,16 @@ def test_no_fused_path_for_trainable_base(monkeypatch):
     calls = _spy(monkeypatch)
     model(torch.randn(4, 8, dtype=torch.float64)).sum().backward()
     assert calls == [] and model[0].raw_layer().weight.grad is not None
+
+
+def test_scalar_buffer_written_in_place_is_seen():
+    """The bypass reads the scalar buffer's value once per change (no GPU sync per call); max-norm writes it in
+    place, and the next forward uses the new value."""
+    model, net, adapter = _setup(dict(algo="lora", dim=3, alpha=2.0), 40, 36, True)
+    x = torch.randn(5, 40, dtype=torch.float64)
+    with torch.no_grad():
+        y1 = model(x)
+        adapter.scalar.mul_(0.5)
+        y2 = model(x)
+        base = model[0].raw_layer()(x)
+    torch.testing.assert_close(y2 - base, 0.5 * (y1 - base))

@@ -147,7 +147,14 @@ class AdapterModule(nn.Module):
         """s·c for multiplying an activation: a plain float when there is no learned scalar (one op less)."""
         if isinstance(self.scalar, nn.Parameter):
             return self.t().to(like.dtype)
-        return self.scale() * float(self.scalar)
+        # the buffer's value, read once per change (a GPU read synchronises): max-norm and state loading write it in
+        # place, which bumps its version; moving it to another device changes its storage
+        s = self.scalar
+        key = (s._version, s.data_ptr())
+        hit = self.__dict__.get("_scalar_value")
+        if hit is None or hit[0] != key:
+            hit = self.__dict__["_scalar_value"] = (key, float(s))
+        return self.scale() * hit[1]
 
     def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         """ΔW_raw (fp32, the layer's weight shape); rank-dropout ``mask`` applied."""

@@ -29,11 +29,12 @@ def scale_shape(W_shape: tuple[int, ...], axis: str) -> tuple[int, ...]:
 
 def sq_norms(W: torch.Tensor, axis: str) -> torch.Tensor:
     """Per-channel ‖W‖² in fp32 as a flat vector, without a W-sized temporary (W is frozen: callers cache it)."""
+    dt = torch.float32 if W.dtype in (torch.float16, torch.bfloat16) else None   # half: accumulate in fp32
     if axis == "out":
-        n = torch.linalg.vector_norm(W.reshape(W.shape[0], -1), dim=1, dtype=torch.float32)
+        n = torch.linalg.vector_norm(W.reshape(W.shape[0], -1), dim=1, dtype=dt)
     else:
-        n = torch.linalg.vector_norm(W.reshape(W.shape[0], W.shape[1], -1), dim=(0, 2), dtype=torch.float32)
-    return n.square_()
+        n = torch.linalg.vector_norm(W.reshape(W.shape[0], W.shape[1], -1), dim=(0, 2), dtype=dt)
+    return n.float().square_()
 
 
 def lowrank_norms(W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, axis: str,
