@@ -123,9 +123,9 @@ def _step_fn(model: nn.Module, x: torch.Tensor):
 def time_steps(models: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup: int,
                device: str, clock=time.perf_counter) -> dict[str, tuple[float, int, int] | str]:
     """Median step time, saved-for-backward bytes and (CUDA) peak memory per model (or the name of the exception
-    a model raised).  The models are timed
-    round-robin — rep k of every model before rep k+1 of any — so drift of a shared machine (frequency, other
-    jobs) hits all of them alike and the ratios stay fair."""
+    a model raised).  The models are timed round-robin — rep k of every model before rep k+1 of any, the order
+    rotated every rep — so drift of a shared machine (frequency, other jobs) hits all of them alike and the
+    ratios stay fair."""
     steps = {name: _step_fn(m, x) for name, m in models.items()}
     peaks, failed = {}, {}
     for name, step in list(steps.items()):
@@ -143,8 +143,10 @@ def time_steps(models: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup:
             torch.cuda.synchronize()
         peaks[name] = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, step in steps.items():
+    names = list(steps)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:  # order rotated every rep
+            step = steps[name]
             t0 = clock()
             step()
             if device == "cuda":

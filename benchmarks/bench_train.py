@@ -24,7 +24,6 @@ import pstats
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch

@@ -62,15 +62,19 @@ def sync(device: str) -> None:
 
 def round_robin(steps: dict[str, Callable[[], object]], reps: int, warmup: int, device: str = "cpu",
                 clock: str = "wall", log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
-    """Times of ``reps`` calls of every step, interleaved; ``warmup`` untimed calls each first."""
+    """Times of ``reps`` calls of every step, interleaved (rep k of every step before rep k+1 of any, the order
+    rotated each rep); ``warmup`` untimed calls each first."""
     tick = CLOCKS[clock]
     for fn in steps.values():
         for _ in range(warmup):
             fn()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in steps}
+    names = list(steps)
     for rep in range(reps):
-        for name, fn in steps.items():
+        # rotate the order every rep: no contender always runs right after the same other one
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            fn = steps[name]
             t0 = tick()
             fn()
             sync(device)

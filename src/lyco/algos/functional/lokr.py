@@ -108,11 +108,11 @@ def conv_slices(x: torch.Tensor, geom: Geometry, b: int, c: int, d: int, w2=None
 
 def row_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
     """(⟨W̄_o, ΔW_o⟩, ‖ΔW_o‖²) per output row without materialising ΔW."""
-    W5 = W.reshape(a, b, c, d, -1)
-    w2f = w2.reshape(b, d, -1)
-    t = torch.einsum("abcdk,ac->abdk", W5, w1)
-    cross = torch.einsum("abdk,bdk->ab", t, w2f).reshape(-1)
-    sq = (w1.pow(2).sum(1)[:, None] * w2f.pow(2).sum((1, 2))[None, :]).reshape(-1)
+    w2f = w2.reshape(b, -1)                                         # (b, d·K)
+    # W viewed (a·b, c, d·K) is W's own memory: one batched mat-vec per output row with W2[i2], no copy of W
+    t = torch.bmm(W.reshape(a * b, c, -1), w2f.repeat(a, 1).unsqueeze(2)).view(a, b, c)
+    cross = torch.einsum("abc,ac->ab", t, w1).reshape(-1)
+    sq = (w1.pow(2).sum(1)[:, None] * w2f.pow(2).sum(1)[None, :]).reshape(-1)
     return cross, sq
 
 
