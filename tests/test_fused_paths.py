@@ -169,3 +169,17 @@ def test_scalar_buffer_written_in_place_is_seen():
         y2 = model(x)
         base = model[0].raw_layer()(x)
     torch.testing.assert_close(y2 - base, 0.5 * (y1 - base))
+
+
+@pytest.mark.parametrize("case", CASES + [("dora-out", dict(algo="lora", dim=3, dora_wd=True, wd_on_output=True),
+                                           40, 36, "FusedDoraOut")], ids=lambda c: c[0])
+def test_fused_output_takes_inplace_ops(case, monkeypatch):
+    """The fused node's output is a fresh tensor, not a view: models that modify a Linear's output in place work."""
+    _, opts, n_in, n_out, expected = case
+    model, net, adapter = _setup(opts, n_in, n_out, True)
+    calls = _spy(monkeypatch)
+    x = torch.randn(2, 70, n_in, dtype=torch.float64, requires_grad=True)
+    y = model(x)
+    y.mul_(2.0).add_(1.0)
+    y.sum().backward()
+    assert calls == [expected] and x.grad is not None and torch.isfinite(x.grad).all()

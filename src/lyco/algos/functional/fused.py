@@ -142,26 +142,39 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, W, b) as a fresh tensor in x's leading shape, computed through its 2-D view.
+
+    A custom Function must not return a view of one of its own tensors (autograd refuses an in-place op on it
+    downstream, common after a Linear), and F.linear returns a view for N-D inputs; this is the same addmm."""
+    y = x.new_empty(*x.shape[:-1], W.shape[0])
+    if b is None:
+        torch.mm(_flat(x), W.t(), out=_flat(y))
+    else:
+        torch.addmm(b, _flat(x), W.t(), out=_flat(y))
+    return y
+
+
 class FusedLinear(torch.autograd.Function):
     """y = x·Wᵀ + b + α·ΔW_raw·x, the delta added into the base output and its input gradient in place."""
 
     @staticmethod
     def forward(ctx: Any, x, W, b, kernel, alpha: float, *params):
         x2 = _flat(x)
-        y = torch.nn.functional.linear(x2, W, b)
-        saved = kernel.add_(y, x2, alpha, *params)
+        y = _linear(x, W, b)
+        saved = kernel.add_(_flat(y), x2, alpha, *params)
         ctx.save_for_backward(x2, W, *params, *saved)
-        ctx.kernel, ctx.alpha, ctx.n, ctx.shape = kernel, alpha, len(params), x.shape
-        return y.view(*x.shape[:-1], y.shape[-1])
+        ctx.kernel, ctx.alpha, ctx.n = kernel, alpha, len(params)
+        return y
 
     @staticmethod
     def backward(ctx: Any, gy):
         x2, W, *rest = ctx.saved_tensors
         params, saved = rest[:ctx.n], tuple(rest[ctx.n:])
-        g = _flat(gy)
-        dx = g @ W if ctx.needs_input_grad[0] else None
-        grads = ctx.kernel.grads(g, x2, dx, ctx.alpha, saved, ctx.needs_input_grad[5:], *params)
-        return (None if dx is None else dx.view(ctx.shape), None, None, None, None, *grads)
+        dx = torch.matmul(gy, W) if ctx.needs_input_grad[0] else None
+        grads = ctx.kernel.grads(_flat(gy), x2, None if dx is None else _flat(dx), ctx.alpha, saved,
+                                 ctx.needs_input_grad[5:], *params)
+        return (dx, None, None, None, None, *grads)
 
 
 class RebuildLinear(torch.autograd.Function):
@@ -179,21 +192,19 @@ class RebuildLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x, W, b, kernel, alpha: float, *params):
-        x2 = _flat(x)
-        y = torch.nn.functional.linear(x2, RebuildLinear.weight(kernel, W, alpha, params), b)
-        ctx.save_for_backward(x2, W, *params)
-        ctx.kernel, ctx.alpha, ctx.shape = kernel, alpha, x.shape
-        return y.view(*x.shape[:-1], y.shape[-1])
+        y = _linear(x, RebuildLinear.weight(kernel, W, alpha, params), b)
+        ctx.save_for_backward(_flat(x), W, *params)
+        ctx.kernel, ctx.alpha = kernel, alpha
+        return y
 
     @staticmethod
     def backward(ctx: Any, gy):
         x2, W, *params = ctx.saved_tensors
-        g = _flat(gy)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = (g @ RebuildLinear.weight(ctx.kernel, W, ctx.alpha, params)).view(ctx.shape)
-        grads = ctx.kernel.grads(g, x2, None, ctx.alpha, None, ctx.needs_input_grad[5:],
-                                 *(p.to(g.dtype) for p in params))
+            dx = torch.matmul(gy, RebuildLinear.weight(ctx.kernel, W, ctx.alpha, params))
+        grads = ctx.kernel.grads(_flat(gy), x2, None, ctx.alpha, None, ctx.needs_input_grad[5:],
+                                 *(p.to(gy.dtype) for p in params))
         return (dx, None, None, None, None, *(None if d is None else d.to(p.dtype) for d, p in zip(grads, params)))
 
 
@@ -203,23 +214,23 @@ class FusedDoraOut(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x, W, b, gain, kernel, alpha: float, *params):
         x2 = _flat(x)
-        z = x2 @ W.t()
-        saved = kernel.add_(z, x2, alpha, *params)
+        z = _linear(x, W, None)
+        saved = kernel.add_(_flat(z), x2, alpha, *params)
         y = torch.addcmul(b, z, gain) if b is not None else z * gain
         ctx.save_for_backward(x2, W, gain, z, *params, *saved)
-        ctx.kernel, ctx.alpha, ctx.n, ctx.shape = kernel, alpha, len(params), x.shape
-        return y.view(*x.shape[:-1], y.shape[-1])
+        ctx.kernel, ctx.alpha, ctx.n = kernel, alpha, len(params)
+        return y
 
     @staticmethod
     def backward(ctx: Any, gy):
         x2, W, gain, z, *rest = ctx.saved_tensors
         params, saved = rest[:ctx.n], tuple(rest[ctx.n:])
-        g = _flat(gy)
-        dgain = torch.linalg.vecdot(g, z, dim=0) if ctx.needs_input_grad[3] else None
-        gz = g * gain
-        dx = gz @ W if ctx.needs_input_grad[0] else None
-        grads = ctx.kernel.grads(gz, x2, dx, ctx.alpha, saved, ctx.needs_input_grad[6:], *params)
-        return (None if dx is None else dx.view(ctx.shape), None, None, dgain, None, None, *grads)
+        dgain = torch.linalg.vecdot(_flat(gy), _flat(z), dim=0) if ctx.needs_input_grad[3] else None
+        gz = gy * gain
+        dx = torch.matmul(gz, W) if ctx.needs_input_grad[0] else None
+        grads = ctx.kernel.grads(_flat(gz), x2, None if dx is None else _flat(dx), ctx.alpha, saved,
+                                 ctx.needs_input_grad[6:], *params)
+        return (dx, None, None, dgain, None, None, *grads)
 
 
 class FusedDoraIn(torch.autograd.Function):
@@ -227,24 +238,23 @@ class FusedDoraIn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x, W, b, h, kernel, alpha: float, *params):
-        x2 = _flat(x)
-        xh = x2 * h
-        y = torch.nn.functional.linear(xh, W, b)
-        saved = kernel.add_(y, xh, alpha, *params)
-        ctx.save_for_backward(x2, W, h, xh, *params, *saved)
-        ctx.kernel, ctx.alpha, ctx.n, ctx.shape = kernel, alpha, len(params), x.shape
-        return y.view(*x.shape[:-1], y.shape[-1])
+        xh = x * h
+        y = _linear(xh, W, b)
+        saved = kernel.add_(_flat(y), _flat(xh), alpha, *params)
+        ctx.save_for_backward(_flat(x), W, h, _flat(xh), *params, *saved)
+        ctx.kernel, ctx.alpha, ctx.n = kernel, alpha, len(params)
+        return y
 
     @staticmethod
     def backward(ctx: Any, gy):
         x2, W, h, xh, *rest = ctx.saved_tensors
         params, saved = rest[:ctx.n], tuple(rest[ctx.n:])
-        g = _flat(gy)
         need_x, need_h = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
-        dxh = g @ W if (need_x or need_h) else None
-        grads = ctx.kernel.grads(g, xh, dxh, ctx.alpha, saved, ctx.needs_input_grad[6:], *params)
-        dh = torch.linalg.vecdot(dxh, x2, dim=0) if need_h else None
-        dx = dxh.mul_(h).view(ctx.shape) if need_x else None
+        dxh = torch.matmul(gy, W) if (need_x or need_h) else None
+        grads = ctx.kernel.grads(_flat(gy), xh, None if dxh is None else _flat(dxh), ctx.alpha, saved,
+                                 ctx.needs_input_grad[6:], *params)
+        dh = torch.linalg.vecdot(_flat(dxh), x2, dim=0) if need_h else None
+        dx = dxh.mul_(h) if need_x else None
         return (dx, None, None, dh, None, None, *grads)
 
 
