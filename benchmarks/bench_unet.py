@@ -245,12 +245,23 @@ def build_group(algo: str, te, unet, amp, preset_file: str, only: set[str]) -> t
 
 
 # ----------------------------------------------------------------------------------------------- measurement
-def measure(contenders: dict[str, Contender], inp: Inputs, reps: int, warmup: int, device: str, clock: str):
+@dataclass(frozen=True)
+class Timing:
+    reps: int
+    warmup: int
+    device: str
+    clock: str
+
+    def run(self, steps: dict) -> dict[str, list[float]]:
+        return common.round_robin(steps, self.reps, self.warmup, self.device, self.clock, log=print)
+
+
+def measure(contenders: dict[str, Contender], inp: Inputs, timing: Timing):
     steps = {k: (lambda c=c: c.step(inp)) for k, c in contenders.items()}
-    times = common.round_robin(steps, reps, warmup, device, clock, log=print)
+    times = timing.run(steps)
     res = {}
     for k, c in contenders.items():
-        peak = common.transient_peak(steps[k], device)
+        peak = common.transient_peak(steps[k], timing.device)
         res[k] = dict(time=common.median(times[k]), state=c.state_bytes(), peak=peak, n=c.n_adapted)
     return res
 
@@ -293,7 +304,7 @@ def targets(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def scaling(te, unet, inp_small: Inputs, inp_big: Inputs, ranks, reps, warmup, device, clock, amp) -> list[str]:
+def scaling(te, unet, inp_small: Inputs, inp_big: Inputs, ranks, timing: Timing, amp) -> list[str]:
     """lyco LoRA step / frozen step as the rank grows, and the step time as the UNet's tokens grow 4x."""
     lines = ["", "## Cost as the work grows", ""]
     group = {"frozen": frozen(te, unet, amp)}
@@ -302,8 +313,7 @@ def scaling(te, unet, inp_small: Inputs, inp_big: Inputs, ranks, reps, warmup, d
         attach_lyco(t, u, dict(algo="lora", dim=r, alpha=r / 2))
         group[f"lyco LoRA r{r}"] = Contender(t, u, amp=amp)
     print("scaling: ranks")
-    times = common.round_robin({k: (lambda c=c: c.step(inp_small)) for k, c in group.items()}, reps, warmup,
-                               device, clock, log=print)
+    times = timing.run({k: (lambda c=c: c.step(inp_small)) for k, c in group.items()})
     fz = common.median(times["frozen"])
     lines += ["| contender | step (s) | / frozen | adapter parameters |", "|---|---|---|---|"]
     for k, c in group.items():
@@ -316,7 +326,7 @@ def scaling(te, unet, inp_small: Inputs, inp_big: Inputs, ranks, reps, warmup, d
     for label, inp in ((f"{side[0]}x{side[0]}", inp_small), (f"{side[1]}x{side[1]}", inp_big)):
         steps[f"frozen @ {label}"] = lambda inp=inp: group["frozen"].step(inp)
         steps[f"lyco LoRA @ {label}"] = lambda inp=inp: r8.step(inp)
-    times = common.round_robin(steps, reps, warmup, device, clock, log=print)
+    times = timing.run(steps)
     med = {k: common.median(v) for k, v in times.items()}
     a, b = (f"{s}x{s}" for s in side)
     lines += ["", f"UNet tokens ×4 (latent {a} → {b}; the text encoder's 77 tokens unchanged):", "",
@@ -356,6 +366,7 @@ def main() -> int:
     amp = None
     if device == "cuda":
         amp = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or "bf16"]
+    timing = Timing(reps, args.warmup, device, args.clock)
     print(common.machine(device))
     print(f"building the SD1.5 UNet + CLIP-L text encoder (random weights), latent {latent}x{latent}")
     te, unet = build_base(device, torch.float32)
@@ -370,7 +381,7 @@ def main() -> int:
             group, errors[algo] = build_group(algo, te, unet, amp, preset_file, set(args.contenders.split(",")))
             group = {"frozen": frozen(te, unet, amp), **group}
             print("adapted layers: " + ", ".join(f"{k} {c.n_adapted}" for k, c in group.items() if k != "frozen"))
-            results[algo] = measure(group, inp, reps, args.warmup, device, args.clock)
+            results[algo] = measure(group, inp, timing)
             for k, r in results[algo].items():
                 print(f"  {k:<16} {r['time']:8.2f} s  x{r['time'] / results[algo]['frozen']['time']:.3f} frozen  "
                       f"state {_mb(r['state'])} MB  peak {_mb(r['peak'])} MB", flush=True)
@@ -387,7 +398,7 @@ def main() -> int:
         big = make_inputs(latent * 2 if not args.quick else latent, device, torch.float32)
         small = inp if not args.quick else make_inputs(latent // 2, device, torch.float32)
         ranks = (4, 16, 64) if args.quick else (4, 8, 16, 32, 64)
-        lines += scaling(te, unet, small, big, ranks, reps, args.warmup, device, args.clock, amp)
+        lines += scaling(te, unet, small, big, ranks, timing, amp)
     path = common.write_result(f"unet-{device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n", args.out)
     print("\n".join(lines))
     print(f"\nwrote {path}")

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 Grads = tuple[torch.Tensor | None, ...]
+Params = Sequence[torch.Tensor]
 
 
 def _scaled(t: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -31,16 +32,19 @@ def _scaled(t: torch.Tensor, alpha: float) -> torch.Tensor:
 class LowRankKernel:
     """ΔW_raw = U·V with U (O, R), V (R, I): LoRA, and LoHa after the face-splitting identity."""
 
-    def delta(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    def delta(self, params: Params) -> torch.Tensor:
+        U, V = params
         return U @ V
 
-    def add_(self, y: torch.Tensor, x: torch.Tensor, alpha: float, U: torch.Tensor, V: torch.Tensor) -> tuple:
+    def add_(self, y: torch.Tensor, x: torch.Tensor, alpha: float, params: Params) -> tuple:
+        U, V = params
         h = x @ V.t()
         y.addmm_(h, U.t(), alpha=alpha)
         return (h,)
 
     def grads(self, g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor | None, alpha: float, saved: tuple | None,
-              needs: Sequence[bool], U: torch.Tensor, V: torch.Tensor) -> Grads:
+              needs: Sequence[bool], params: Params) -> Grads:
+        U, V = params
         h = saved[0] if saved else x @ V.t()
         gh = g @ U
         if alpha != 1:
@@ -56,14 +60,16 @@ class HadaKernel:
     """LoHa, ΔW_raw = (w1a·w1b) ⊙ (w2a·w2b), for :class:`RebuildLinear`: ΔW is built from the two rank-r
     products (O·I·2r) and the factor gradients come from the rank-r² face-splitting form."""
 
-    def delta(self, w1a, w1b, w2a, w2b) -> torch.Tensor:
+    def delta(self, params: Params) -> torch.Tensor:
+        w1a, w1b, w2a, w2b = params
         return (w1a @ w1b).mul_(w2a @ w2b)
 
-    def grads(self, g, x, dx, alpha, saved, needs, w1a, w1b, w2a, w2b) -> Grads:
+    def grads(self, g, x, dx, alpha, saved, needs, params: Params) -> Grads:
+        w1a, w1b, w2a, w2b = params
         o, r = w1a.shape
         U = (w1a[:, :, None] * w2a[:, None, :]).reshape(o, r * r)
         V = (w1b[:, None, :] * w2b[None, :, :]).reshape(r * r, -1)
-        dU, dV = LowRankKernel().grads(g, x, dx, alpha, None, (True, True), U, V)
+        dU, dV = LowRankKernel().grads(g, x, dx, alpha, None, (True, True), (U, V))
         dU3, dV3 = dU.reshape(o, r, r), dV.reshape(r, r, -1)
         return (torch.einsum("opq,oq->op", dU3, w2a) if needs[0] else None,
                 torch.einsum("pqi,qi->pi", dV3, w2b) if needs[1] else None,
@@ -77,7 +83,8 @@ class KronLowRankKernel:
     x (M, c·d) is read as M·c rows of d; the rank-r intermediates are kept transposed, (r, M·c) and (r, M·a), so
     that every GEMM has a long output row (skinny GEMMs with 8-16 output columns are several times slower)."""
 
-    def add_(self, y, x, alpha, w1, w2a, w2b) -> tuple:
+    def add_(self, y, x, alpha, params: Params) -> tuple:
+        w1, w2a, w2b = params
         a, c = w1.shape
         r, d = w2b.shape
         m = x.shape[0]
@@ -86,7 +93,8 @@ class KronLowRankKernel:
         y.view(m * a, -1).addmm_(zt.t(), w2a.t(), alpha=alpha)
         return ht, zt
 
-    def grads(self, g, x, dx, alpha, saved, needs, w1, w2a, w2b) -> Grads:
+    def grads(self, g, x, dx, alpha, saved, needs, params: Params) -> Grads:
+        w1, w2a, w2b = params
         a, c = w1.shape
         r, d = w2b.shape
         m = x.shape[0]
@@ -108,10 +116,11 @@ class KronLowRankKernel:
 class KronKernel:
     """LoKr with two full blocks, ΔW_raw = W1 ⊗ W2: W1 (a, c), W2 (b, d)."""
 
-    def delta(self, w1, w2) -> torch.Tensor:
-        return torch.kron(w1, w2)
+    def delta(self, params: Params) -> torch.Tensor:
+        return torch.kron(*params)
 
-    def add_(self, y, x, alpha, w1, w2) -> tuple:
+    def add_(self, y, x, alpha, params: Params) -> tuple:
+        w1, w2 = params
         a, c = w1.shape
         b, d = w2.shape
         m = x.shape[0]
@@ -119,7 +128,8 @@ class KronKernel:
         y.view(m, a, b).baddbmm_(w1.expand(m, a, c), t, alpha=alpha)
         return ()  # t (as large as the output) is recomputed in backward: training memory stays the base layer's
 
-    def grads(self, g, x, dx, alpha, saved, needs, w1, w2) -> Grads:
+    def grads(self, g, x, dx, alpha, saved, needs, params: Params) -> Grads:
+        w1, w2 = params
         a, c = w1.shape
         b, d = w2.shape
         m = x.shape[0]
@@ -162,7 +172,7 @@ class FusedLinear(torch.autograd.Function):
     def forward(ctx: Any, x, W, b, kernel, alpha: float, *params):
         x2 = _flat(x)
         y = _linear(x, W, b)
-        saved = kernel.add_(_flat(y), x2, alpha, *params)
+        saved = kernel.add_(_flat(y), x2, alpha, params)
         ctx.save_for_backward(x2, W, *params, *saved)
         ctx.kernel, ctx.alpha, ctx.n = kernel, alpha, len(params)
         return y
@@ -173,7 +183,7 @@ class FusedLinear(torch.autograd.Function):
         params, saved = rest[:ctx.n], tuple(rest[ctx.n:])
         dx = torch.matmul(gy, W) if ctx.needs_input_grad[0] else None
         grads = ctx.kernel.grads(_flat(gy), x2, None if dx is None else _flat(dx), ctx.alpha, saved,
-                                 ctx.needs_input_grad[5:], *params)
+                                 ctx.needs_input_grad[5:], params)
         return (dx, None, None, None, None, *grads)
 
 
@@ -185,7 +195,7 @@ class RebuildLinear(torch.autograd.Function):
     @staticmethod
     def weight(kernel, W: torch.Tensor, alpha: float, params) -> torch.Tensor:
         """W + α·ΔW_raw, accumulated in fp32 at least (like :meth:`AdapterModule.adapted_weight`), in W's dtype."""
-        delta = kernel.delta(*(p.float() if p.dtype in (torch.float16, torch.bfloat16) else p for p in params))
+        delta = kernel.delta([p.float() if p.dtype in (torch.float16, torch.bfloat16) else p for p in params])
         if alpha != 1:
             delta.mul_(alpha)
         return delta.add_(W) if delta.dtype == W.dtype else delta.add_(W.to(delta.dtype)).to(W.dtype)
@@ -204,7 +214,7 @@ class RebuildLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = torch.matmul(gy, RebuildLinear.weight(ctx.kernel, W, ctx.alpha, params))
         grads = ctx.kernel.grads(_flat(gy), x2, None, ctx.alpha, None, ctx.needs_input_grad[5:],
-                                 *(p.to(gy.dtype) for p in params))
+                                 [p.to(gy.dtype) for p in params])
         return (dx, None, None, None, None, *(None if d is None else d.to(p.dtype) for d, p in zip(grads, params)))
 
 
@@ -215,7 +225,7 @@ class FusedDoraOut(torch.autograd.Function):
     def forward(ctx: Any, x, W, b, gain, kernel, alpha: float, *params):
         x2 = _flat(x)
         z = _linear(x, W, None)
-        saved = kernel.add_(_flat(z), x2, alpha, *params)
+        saved = kernel.add_(_flat(z), x2, alpha, params)
         y = torch.addcmul(b, z, gain) if b is not None else z * gain
         ctx.save_for_backward(x2, W, gain, z, *params, *saved)
         ctx.kernel, ctx.alpha, ctx.n = kernel, alpha, len(params)
@@ -229,7 +239,7 @@ class FusedDoraOut(torch.autograd.Function):
         gz = gy * gain
         dx = torch.matmul(gz, W) if ctx.needs_input_grad[0] else None
         grads = ctx.kernel.grads(_flat(gz), x2, None if dx is None else _flat(dx), ctx.alpha, saved,
-                                 ctx.needs_input_grad[6:], *params)
+                                 ctx.needs_input_grad[6:], params)
         return (dx, None, None, dgain, None, None, *grads)
 
 
@@ -240,7 +250,7 @@ class FusedDoraIn(torch.autograd.Function):
     def forward(ctx: Any, x, W, b, h, kernel, alpha: float, *params):
         xh = x * h
         y = _linear(xh, W, b)
-        saved = kernel.add_(_flat(y), _flat(xh), alpha, *params)
+        saved = kernel.add_(_flat(y), _flat(xh), alpha, params)
         ctx.save_for_backward(_flat(x), W, h, _flat(xh), *params, *saved)
         ctx.kernel, ctx.alpha, ctx.n = kernel, alpha, len(params)
         return y
@@ -252,7 +262,7 @@ class FusedDoraIn(torch.autograd.Function):
         need_x, need_h = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
         dxh = torch.matmul(gy, W) if (need_x or need_h) else None
         grads = ctx.kernel.grads(_flat(gy), xh, None if dxh is None else _flat(dxh), ctx.alpha, saved,
-                                 ctx.needs_input_grad[6:], *params)
+                                 ctx.needs_input_grad[6:], params)
         dh = torch.linalg.vecdot(_flat(dxh), x2, dim=0) if need_h else None
         dx = dxh.mul_(h) if need_x else None
         return (dx, None, None, dh, None, None, *grads)
