@@ -16,7 +16,7 @@ from lyco.algos.functional import fused
 CASES = [  # dimensions chosen so that the static path rule and the token-count rules pick the named function
     ("lora", dict(algo="lora", dim=3, alpha=2.0), 40, 36, "FusedLinear"),
     ("loha-bypass", dict(algo="loha", dim=2, alpha=3.0, path="bypass"), 40, 36, "FusedLinear"),
-    ("loha-auto-many-tokens", dict(algo="loha", dim=2, alpha=3.0), 40, 36, "RebuildLinear"),
+    ("loha-auto-many-tokens", dict(algo="loha", dim=2, alpha=3.0), 64, 64, "RebuildLinear"),
     ("loha-rebuild", dict(algo="loha", dim=2, alpha=3.0, path="rebuild"), 40, 36, "RebuildLinear"),
     ("lokr-lowrank", dict(algo="lokr", dim=2, alpha=3.0, factor=-1), 64, 48, "FusedLinear"),
     ("lokr-both", dict(algo="lokr", dim=1, alpha=3.0, factor=4, decompose_both=True), 48, 64, "FusedLinear"),
@@ -94,7 +94,7 @@ def _check(model, net, adapter, x, m, monkeypatch, expected, mask_seed=None):
 def test_fused_matches_dense_autograd(case, bias, monkeypatch):
     _, opts, n_in, n_out, expected = case
     model, net, adapter = _setup(opts, n_in, n_out, bias)
-    x = torch.randn(3, 70, n_in, dtype=torch.float64)
+    x = torch.randn(3, 200, n_in, dtype=torch.float64)
     _check(model, net, adapter, x, 1.0, monkeypatch, expected)
 
 
@@ -103,7 +103,7 @@ def test_fused_multiplier_and_flat_input(case, monkeypatch):
     _, opts, n_in, n_out, expected = case
     model, net, adapter = _setup(opts, n_in, n_out, True, seed=3)
     net.set_multiplier(0.6)
-    _check(model, net, adapter, torch.randn(210, n_in, dtype=torch.float64), 0.6, monkeypatch, expected)
+    _check(model, net, adapter, torch.randn(600, n_in, dtype=torch.float64), 0.6, monkeypatch, expected)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("lora", "loha-bypass", "loha-auto-many-tokens",
@@ -112,7 +112,7 @@ def test_fused_rank_dropout_mask(case, monkeypatch):
     """The rank-dropout mask drawn in the forward is the one the dense reference uses."""
     _, opts, n_in, n_out, expected = case
     model, net, adapter = _setup(dict(opts, rank_dropout=0.4), n_in, n_out, True)
-    _check(model, net, adapter, torch.randn(3, 70, n_in, dtype=torch.float64), 1.0, monkeypatch, expected,
+    _check(model, net, adapter, torch.randn(3, 200, n_in, dtype=torch.float64), 1.0, monkeypatch, expected,
            mask_seed=11)
 
 
@@ -123,7 +123,7 @@ def test_fused_dora(case, axis, bias, monkeypatch):
     _, opts, n_in, n_out, _ = case
     model, net, adapter = _setup(dict(opts, dora_wd=True, wd_on_output=axis == "out"), n_in, n_out, bias)
     expected = "FusedDoraOut" if axis == "out" else "FusedDoraIn"
-    _check(model, net, adapter, torch.randn(3, 70, n_in, dtype=torch.float64), 1.0, monkeypatch, expected)
+    _check(model, net, adapter, torch.randn(3, 200, n_in, dtype=torch.float64), 1.0, monkeypatch, expected)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -135,7 +135,7 @@ def test_fused_autocast_bf16(case, monkeypatch):
     model.float()
     net.float()
     params = [p for p in net.parameters() if p.requires_grad]
-    x = torch.randn(3, 70, n_in)
+    x = torch.randn(3, 200, n_in)
     calls = _spy(monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = model(x.requires_grad_(True))
@@ -178,7 +178,7 @@ def test_fused_output_takes_inplace_ops(case, monkeypatch):
     _, opts, n_in, n_out, expected = case
     model, net, adapter = _setup(opts, n_in, n_out, True)
     calls = _spy(monkeypatch)
-    x = torch.randn(2, 70, n_in, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 200, n_in, dtype=torch.float64, requires_grad=True)
     y = model(x)
     y.mul_(2.0).add_(1.0)
     y.sum().backward()

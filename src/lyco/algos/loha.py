@@ -102,11 +102,12 @@ class LoHaModule(AdapterModule):
 
     def fused_linear(self, x, W, b, mask, alpha):
         # training with many tokens: the rebuild forward with factorised gradients costs 2·r²(I+O) per token
-        # against the bypass's 3·r²(I+O), plus building W + ΔW (O·I·(2r+3)) twice per step
+        # against the bypass's 3·r²(I+O), plus building W + ΔW twice per step: 2·(2r·O·I multiply-adds + a few
+        # O·I-sized memory passes, ~15 multiply-adds each on a CPU); measured break-even: 4·(r + 15)·O·I
         g, r = self.geom, self.rank
         tokens = x.numel() // g.in_features
         saved = tokens * r * r * (g.in_features + g.out_features)
-        if self.opts.path == "auto" and self._trains_on_linear() and saved > 4 * (2 * r + 3) * g.in_features * g.out_features:
+        if self.opts.path == "auto" and self._trains_on_linear() and saved > 4 * (r + 15) * g.in_features * g.out_features:
             return self._factorised_rebuild(x, W, b, mask, alpha)
         return super().fused_linear(x, W, b, mask, alpha)
 
