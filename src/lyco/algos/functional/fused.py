@@ -85,20 +85,25 @@ class KronLowRankKernel:
 
     def add_(self, y, x, alpha, params: Params) -> tuple:
         w1, w2a, w2b = params
+        _, zt = self._inner(x, w1, w2b)
+        y.view(zt.shape[1], -1).addmm_(zt.t(), w2a.t(), alpha=alpha)
+        return ()  # ht, zt (together up to the size of x) are recomputed in backward: memory stays the base's
+
+    @staticmethod
+    def _inner(x, w1, w2b) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w2b·X per row slice, (r, M·c); then W1 applied, (r, M·a))."""
         a, c = w1.shape
         r, d = w2b.shape
         m = x.shape[0]
-        ht = w2b @ x.reshape(m * c, d).t()                          # (r, M·c)
-        zt = (ht.view(r * m, c) @ w1.t()).view(r, m * a)           # (r, M·a)
-        y.view(m * a, -1).addmm_(zt.t(), w2a.t(), alpha=alpha)
-        return ht, zt
+        ht = w2b @ x.reshape(m * c, d).t()
+        return ht, (ht.view(r * m, c) @ w1.t()).view(r, m * a)
 
     def grads(self, g, x, dx, alpha, saved, needs, params: Params) -> Grads:
         w1, w2a, w2b = params
         a, c = w1.shape
         r, d = w2b.shape
         m = x.shape[0]
-        ht, zt = saved
+        ht, zt = self._inner(x, w1, w2b)
         g2 = g.reshape(m * a, -1)
         gzt = w2a.t() @ g2.t()                                      # (r, M·a)
         if alpha != 1:
