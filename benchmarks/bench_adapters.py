@@ -121,11 +121,11 @@ def _step_fn(model: nn.Module, x: torch.Tensor):
 
 
 def time_steps(models: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup: int,
-               device: str) -> dict[str, tuple[float, int, int] | str]:
+               device: str, clock=time.perf_counter) -> dict[str, tuple[float, int, int] | str]:
     """Median step time, saved-for-backward bytes and (CUDA) peak memory per model (or the name of the exception
-    a model raised).  The models are timed
-    round-robin — rep k of every model before rep k+1 of any — so drift of a shared machine (frequency, other
-    jobs) hits all of them alike and the ratios stay fair."""
+    a model raised).  The models are timed round-robin — rep k of every model before rep k+1 of any, the order
+    rotated every rep — so drift of a shared machine (frequency, other jobs) hits all of them alike and the
+    ratios stay fair."""
     steps = {name: _step_fn(m, x) for name, m in models.items()}
     peaks, failed = {}, {}
     for name, step in list(steps.items()):
@@ -143,13 +143,15 @@ def time_steps(models: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup:
             torch.cuda.synchronize()
         peaks[name] = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
+    names = list(steps)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:  # order rotated every rep
+            step = steps[name]
+            t0 = clock()
             step()
             if device == "cuda":
                 torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
 
     def fwd_of(m):
         return lambda: m(x.detach().requires_grad_(True))
@@ -215,9 +217,19 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--shapes", default=None, help="comma-separated shape ids")
     ap.add_argument("--algos", default=None, help="comma-separated algorithm ids")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or this process's CPU time (steadier on a machine shared with other jobs)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--note", default="", help="a line for the result file (e.g. that the machine was shared)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device available here; nothing to benchmark (skipped).")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     ranks = [int(r) for r in args.ranks.split(",")]
     reps = args.reps or (5 if args.quick else 9)
     warmup = 1 if args.quick else 2
@@ -258,7 +270,7 @@ def main() -> int:
                         models["peft"] = build_peft(layer, peft_spec).to(device)
                     except Exception as exc:  # noqa: BLE001
                         row["peft_err"] = f"{type(exc).__name__}"
-                for mode, res in time_steps(models, x, reps, warmup, device).items():
+                for mode, res in time_steps(models, x, reps, warmup, device, clock).items():
                     if isinstance(res, str):
                         row[mode + "_err"] = res
                     else:
@@ -300,6 +312,16 @@ def _best_ref(r) -> float | None:
     return min(c) if c else None
 
 
+def _in_issue17_scope(r) -> bool:
+    """The layer paths issue 17 sets targets for: LoKr with a low-rank second block on Linear, LoHa, DoRA."""
+    algo, rank = r["algo"], r["rank"]
+    if not 8 <= rank <= 16:
+        return False
+    if algo.startswith(("loha", "dora")):
+        return True
+    return algo.startswith(("lokr-f-1", "lokr-f8-both")) and not r["shape"].startswith("conv")
+
+
 def _geo(vals):
     vals = [v for v in vals if v and v > 0]
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else float("nan")
@@ -308,8 +330,9 @@ def _geo(vals):
 def report(rows, device, args) -> str:
     lines = [f"# Adapter training-step benchmark ({device}{', quick' if args.quick else ''})", "",
              f"Machine: {machine()}", f"Date: {dt.datetime.now().isoformat(timespec='minutes')}",
-             f"Command: `python {' '.join(sys.argv)}`", "",
-             "Times are medians of a forward+backward step (ms), every implementation of a row timed round-robin. `saved` = MB autograd keeps for backward.", "",
+             f"Command: `python {' '.join(sys.argv)}`", *([args.note] if args.note else []), "",
+             f"Times are medians of a forward+backward step (ms, clock: {args.clock}), every implementation of a row "
+             "timed round-robin. `saved` = MB autograd keeps for backward.", "",
              "| shape | algorithm | base | lyco | lycoris default | lycoris bypass | PEFT | lyco/lycoris default | "
              "lyco/lycoris best correct | lyco/base | saved MB lyco / lycoris |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -333,6 +356,15 @@ def report(rows, device, args) -> str:
     misses = [r for r in rows if "lyco" in r and _best_ref(r) and r["lyco"] > 1.05 * _best_ref(r)]
     lines.append(f"- rows where lyco > 1.05 × lycoris-lora's best correct mode: {len(misses)}"
                  + ("".join(f"\n  - {r['shape']} {r['algo']}: {r['lyco'] / _best_ref(r):.2f}" for r in misses)))
+    scope = [r for r in rows if "lyco" in r and _in_issue17_scope(r)]
+    if scope:
+        miss_best = [r for r in scope if _best_ref(r) and r["lyco"] > _best_ref(r)]
+        miss_base = [r for r in scope if r["lyco"] > 1.25 * r["base"]]
+        lines.append(f"- LoKr with a low-rank block on Linear, LoHa and DoRA at rank 8-16 ({len(scope)} rows): "
+                     f"{len(scope) - len(miss_best)} at ≤ 1.0× lycoris-lora's best correct mode, "
+                     f"{len(scope) - len(miss_base)} at ≤ 1.25× the frozen base"
+                     + "".join(f"\n  - {r['shape']} {r['algo']}: {r['lyco'] / _best_ref(r):.2f}× best correct, "
+                               f"{r['lyco'] / r['base']:.2f}× base" for r in {id(r): r for r in miss_best + miss_base}.values()))
     mem = [r for r in rows if "lyco_saved" in r and "lycoris_saved" in r and r["lyco_saved"] > r["lycoris_saved"] * 1.01]
     lines.append(f"- rows where lyco saves more for backward than lycoris default: {len(mem)}"
                  + ("".join(f"\n  - {r['shape']} {r['algo']}: {r['lyco_saved'] / 2**20:.1f} vs {r['lycoris_saved'] / 2**20:.1f} MB" for r in mem)))

@@ -50,6 +50,14 @@ def test_job_keys_and_windows():
     assert [[j.key for j in w] for w in windows(jobs, 2)] == [["a0", "a1"], ["a2", "a3"], ["a4"], ["b0", "b1"], ["b2"]]
 
 
+def test_multiplier_zero_shares_the_model_images():
+    """An adapter at multiplier 0 is its model exactly, so its images are the model's (generated once)."""
+    s = settings_dict(Generation(steps=25), 512, 512)
+    assert job_key("m", "a", 0.0, "p", 1000, s) == job_key("m", "", 1.0, "p", 1000, s)
+    assert job_key("m", "a", 0.0, "p", 1000, s) != job_key("other", "", 1.0, "p", 1000, s)
+    assert job_key("m", "a", 1e-3, "p", 1000, s) != job_key("m", "", 1.0, "p", 1000, s)
+
+
 def test_seeds_per_image_and_cache_files(pipe, tmp_path):
     gen = Generation(steps=2, guidance_scale=3.0, batch_size=3)
     jobs = [ImageJob("base", "l", "trigger", k, p, 1000 + k, f"{k:064x}")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, FileFormatError
 from .functional import dora as dora_f
+from .functional import fused
 from .functional.common import rank_dropout_mask
 from .geometry import Geometry
 from .options import AlgoOptions
@@ -168,7 +169,14 @@ class AdapterModule(nn.Module):
         """s·c for multiplying an activation: a plain float when there is no learned scalar (one op less)."""
         if isinstance(self.scalar, nn.Parameter):
             return self.t().to(like.dtype)
-        return self.scale() * float(self.scalar)
+        # the buffer's value, read once per change (a GPU read synchronises): max-norm and state loading write it in
+        # place, which bumps its version; moving it to another device changes its storage
+        s = self.scalar
+        key = (s._version, s.data_ptr())
+        hit = self.__dict__.get("_scalar_value")
+        if hit is None or hit[0] != key:
+            hit = self.__dict__["_scalar_value"] = (key, float(s))
+        return self.scale() * hit[1]
 
     def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         """ΔW_raw (fp32, the layer's weight shape); rank-dropout ``mask`` applied."""
@@ -418,10 +426,14 @@ class AdapterModule(nn.Module):
             return base(x)
         mask = self.draw_mask(x.device)
         if self.use_rebuild(base):
-            W, b = base_params(base)
-            W2, b2 = self.adapted_weight(W, b, m, mask)
-            return self.geom.op(x, W2, b2)
+            return self.rebuild(x, base, m, mask)
         return self.bypass(x, base, m, mask)
+
+    def rebuild(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
+        """op(x, W'(m), b'(m)): one op on the adapted weight."""
+        W, b = base_params(base)
+        W2, b2 = self.adapted_weight(W, b, m, mask)
+        return self.geom.op(x, W2, b2)
 
     def apply_delta(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """s·c·ΔW_raw·x (the additive bypass delta)."""
@@ -438,12 +450,18 @@ class AdapterModule(nn.Module):
     def bypass(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
         if self.dora_axis is not None:
             return self._dora_bypass(x, base, m, mask)
+        t = self._t_for(x)
+        plain = isinstance(t, float) and not (self.opts.dropout > 0 and self.training)
+        if plain:
+            wb = fused.frozen_linear(base)
+            y = None if wb is None else self.fused_linear(x, wb[0], wb[1], mask, t * m)
+            if y is not None:
+                return y
         y = base(x)
-        t = self._t_for(y)
-        if isinstance(t, float) and not (self.opts.dropout > 0 and self.training):
-            fused = self.add_scaled_delta(y, x, mask, t * m)
-            if fused is not None:
-                return fused
+        if plain:
+            out = self.add_scaled_delta(y, x, mask, t * m)
+            if out is not None:
+                return out
         d = self.apply_delta(x, mask)
         if self.opts.dropout > 0 and self.training:
             d = F.dropout(d, self.opts.dropout, training=True)
@@ -451,6 +469,19 @@ class AdapterModule(nn.Module):
         if db is not None:
             d = d + self.geom.channel_view(db.to(d.dtype))
         return y + d if m == 1 else y + m * d
+
+    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[Any, list[torch.Tensor]] | None:
+        """A kernel of :mod:`.functional.fused` for ΔW_raw on a Linear layer and the tensors it takes (in x's
+        dtype), or None when the algorithm has none for this case."""
+        return None
+
+    def fused_linear(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, mask: torch.Tensor | None,
+                     alpha: float) -> torch.Tensor | None:
+        """x·Wᵀ + b + alpha·ΔW_raw·x in one fused autograd node (a frozen plain Linear), or None."""
+        k = self.linear_kernel(x, mask)
+        if k is None:
+            return None
+        return fused.run(fused.FusedLinear, x, W, b, None, k[0], alpha, k[1])
 
     def add_scaled_delta(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
                          alpha: float) -> torch.Tensor | None:
@@ -474,8 +505,19 @@ class AdapterModule(nn.Module):
         """‖W + s·c·ΔW_raw‖ per channel of the DoRA axis (flat fp32), without building W + ΔW when possible."""
         lr = self.lowrank(mask)
         if lr is not None:
-            return dora_f.lowrank_norms(W, lr[0], lr[1], self.t(), self.dora_axis)
+            return dora_f.lowrank_norms(W, lr[0], lr[1], self.t(), self.dora_axis, self.weight_sq_norms(W))
         return dora_f.dense_norms(W, self.delta_weight(mask), self.dora_axis)
+
+    def weight_sq_norms(self, W: torch.Tensor) -> torch.Tensor:
+        """‖W‖² per channel of the DoRA axis (fp32), cached while the frozen weight is unchanged (same storage,
+        same in-place version); a weight that requires grad (a stacked adapter below) is never cached."""
+        if W.requires_grad:
+            return dora_f.sq_norms(W, self.dora_axis)
+        key = (W.data_ptr(), W._version, tuple(W.shape), W.dtype, W.device, self.dora_axis)
+        hit = self.__dict__.get("_wsq")
+        if hit is None or hit[0] != key:
+            hit = self.__dict__["_wsq"] = (key, dora_f.sq_norms(W.detach(), self.dora_axis))
+        return hit[1]
 
     def _dora_bypass(self, x, base, m, mask):
         W, b = base_params(base)
@@ -483,6 +525,13 @@ class AdapterModule(nn.Module):
         if self.opts.dora_detach_norm:
             n = n.detach()
         g = self.dora_scale.reshape(-1) / (n + dora_f.EPS)
+        if self.dora_axis == "in" and self.geom.groups > 1:  # per input channel within a group: same for every group
+            g = g.repeat(self.geom.groups)
+        t = self._t_for(x)
+        if m == 1 and isinstance(t, float):
+            y = self._dora_fused(x, base, W, b, g, mask, t)
+            if y is not None:
+                return y
         cv = self.geom.channel_view
         if self.dora_axis == "out":
             z = self._base_nobias(x, base, W, b)
@@ -490,13 +539,35 @@ class AdapterModule(nn.Module):
             adapted = gz * (z + self.apply_delta(x, mask))
             y = adapted if m == 1 else z + m * (adapted - z)
         else:
-            if self.geom.groups > 1:  # per input channel within a group: the same scale for every group
-                g = g.repeat(self.geom.groups)
             xh = x * cv(g.to(x.dtype))
             y = self._base_nobias(xh, base, W, b) + self.apply_delta(xh, mask)
             if m != 1:
                 y = (1 - m) * self._base_nobias(x, base, W, b) + m * y
         return y if b is None else y + cv(b.to(y.dtype))
+
+    def _dora_fused(self, x, base, W, b, g, mask, t: float) -> torch.Tensor | None:
+        """DoRA at multiplier 1 with the delta fused into the base op's output: one autograd node on a frozen
+        plain Linear, otherwise one (b)addmm plus one addcmul (output axis) or a biased base op (input axis)."""
+        wb = fused.frozen_linear(base)
+        if wb is not None:
+            k = self.linear_kernel(x, mask)
+            if k is not None:
+                fn = fused.FusedDoraOut if self.dora_axis == "out" else fused.FusedDoraIn
+                return fused.run(fn, x, W, b, g, k[0], t, k[1])
+        if not (type(base) in STANDARD_LAYERS and self.geom.standard):
+            return None
+        cv = self.geom.channel_view
+        if self.dora_axis == "out":
+            z = self.geom.op(x, W, None)
+            zd = self.add_scaled_delta(z, x, mask, t)
+            if zd is None:
+                zd = z + self.apply_delta(x, mask)
+            gz = cv(g.to(zd.dtype))
+            return zd * gz if b is None else torch.addcmul(cv(b.to(zd.dtype)), zd, gz)
+        xh = x * cv(g.to(x.dtype))
+        y = self.geom.op(xh, W, b)
+        out = self.add_scaled_delta(y, xh, mask, t)
+        return y + self.apply_delta(xh, mask) if out is None else out
 
     def extra_repr(self) -> str:
         return f"{self.algo}, {self.geom.describe()}, rank={self.rank}" + (f", dora={self.dora_axis}" if self.dora_axis else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import AdapterModule
+from .base import AdapterModule, base_params
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
@@ -49,6 +49,17 @@ class FullModule(AdapterModule):
         if mask is not None:
             y = y * self.geom.channel_view(mask.to(y.dtype))
         return y
+
+    def rebuild(self, x, base, m, mask):
+        # op(x, W + c·m·D, b + c·m·D_b) with one add per tensor (and none in backward at c·m = 1): the generic
+        # path scales D and adds in fp32 as separate passes over the whole weight
+        W, b = base_params(base)
+        if mask is not None or W.dtype != self.diff.dtype or isinstance(self.scalar, nn.Parameter):
+            return super().rebuild(x, base, m, mask)
+        alpha = self._t_for(x) * m
+        Wp = torch.add(W, self.diff, alpha=alpha)
+        bp = b if (b is None or self.diff_b is None) else torch.add(b, self.diff_b.to(b.dtype), alpha=alpha)
+        return self.geom.op(x, Wp, bp)
 
     def bypass_cost(self) -> int:
         g = self.geom

@@ -8,8 +8,9 @@ import torch.nn as nn
 
 from ..errors import FileFormatError
 from .base import AdapterModule, FileSummary
+from .functional import fused
 from .functional import loha as F_loha
-from .functional.common import normal_
+from .functional.common import normal_, scale_rows
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
@@ -81,6 +82,44 @@ class LoHaModule(AdapterModule):
 
     def bypass_cost(self) -> int:
         return F_loha.cost(self.geom, self.rank, self.tucker)
+
+    def linear_kernel(self, x, mask):
+        if self.tucker or self.geom.kind != "linear":
+            return None
+        u, v = F_loha.face_split(self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b)
+        return fused.LowRankKernel(), [scale_rows(u, mask), v]
+
+    def _factorised_rebuild(self, x, W, b, mask, alpha):
+        """The rebuild path's single GEMM on W + ΔW with factor gradients from the rank-r² form (never the O×I
+        weight gradient): :class:`~.functional.fused.RebuildLinear`."""
+        w1a = scale_rows(self.hada_w1_a, mask)
+        return fused.run(fused.RebuildLinear, x, W, b, None, fused.HadaKernel(), alpha,
+                         [w1a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b])
+
+    def _trains_on_linear(self) -> bool:
+        """A training step (gradients wanted) on a Linear layer, without DoRA or a learned scalar."""
+        return (not self.tucker and self.geom.kind == "linear" and self.dora_axis is None
+                and not isinstance(self.scalar, nn.Parameter)
+                and fused.wants_grad(self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b))
+
+    def fused_linear(self, x, W, b, mask, alpha):
+        # training with many tokens: the rebuild forward with factorised gradients costs 2·r²(I+O) per token
+        # against the bypass's 3·r²(I+O), plus building W + ΔW twice per step: 2·(2r·O·I multiply-adds + a few
+        # O·I-sized memory passes, ~15 multiply-adds each on a CPU); measured break-even: 4·(r + 15)·O·I
+        g, r = self.geom, self.rank
+        tokens = x.numel() // g.in_features
+        saved = tokens * r * r * (g.in_features + g.out_features)
+        if self.opts.path == "auto" and self._trains_on_linear() and saved > 4 * (r + 15) * g.in_features * g.out_features:
+            return self._factorised_rebuild(x, W, b, mask, alpha)
+        return super().fused_linear(x, W, b, mask, alpha)
+
+    def rebuild(self, x, base, m, mask):
+        # factorised gradients cost 2·r²(I+O) per token against the O·I weight gradient of the plain rebuild
+        g = self.geom
+        wb = fused.frozen_linear(base) if self._trains_on_linear() else None
+        if wb is not None and 2 * self.rank ** 2 * (g.in_features + g.out_features) < g.in_features * g.out_features:
+            return self._factorised_rebuild(x, wb[0], wb[1], mask, self._t_for(x) * m)
+        return super().rebuild(x, base, m, mask)
 
     def add_scaled_delta(self, y, x, mask, alpha):
         if mask is not None:

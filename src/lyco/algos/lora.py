@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ..errors import FileFormatError
 from .base import AdapterModule, FileSummary
+from .functional import fused
 from .functional import lora as F_lora
 from .functional.common import kaiming_, normal_, orthogonal_
 from .geometry import Geometry
@@ -90,6 +91,12 @@ class LoRAModule(AdapterModule):
 
     def bypass_cost(self) -> int:
         return F_lora.cost(self.geom, self.rank, self.tucker)
+
+    def linear_kernel(self, x, mask):
+        if self.geom.kind != "linear":
+            return None
+        up = self.lora_up if mask is None else self.lora_up * mask.to(self.lora_up.dtype)
+        return fused.LowRankKernel(), [up, self.lora_down]
 
     def add_scaled_delta(self, y, x, mask, alpha):
         g = self.geom

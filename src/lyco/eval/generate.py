@@ -3,7 +3,8 @@
 * Image k of a prompt set is generated from its own CPU generator seeded ``seed_start + k`` (so results do not
   depend on batch size or device), for the base model and every checkpoint alike: base and tuned images pair up.
 * Base images come from the same pipeline with no adapter attached; a checkpoint's adapter is attached with its
-  multiplier, used, and detached again.
+  multiplier, used, and detached again.  Images are keyed by content, so the base model's images are generated once
+  and shared by every checkpoint that pairs with them (and by checkpoints at multiplier 0, which are the base).
 * Prompts longer than the text encoder's window are encoded in chunks and concatenated (as the webui and kohya's
   ``max_token_length`` do), up to ``max_chunks`` chunks; prompts of equal chunk count are batched together.
 * Every image is a PNG at ``<cache>/images/<key[:2]>/<key>.png`` where the key hashes (model, adapter, multiplier,
@@ -105,6 +106,10 @@ def settings_dict(gen: Generation, width: int, height: int) -> dict[str, Any]:
 
 
 def job_key(model_id: str, adapter_id: str, multiplier: float, prompt: str, seed: int, settings: dict[str, Any]) -> str:
+    """The cache key of one image.  An adapter at multiplier 0 is exactly its model (lyco's adapters return the
+    base layer's output then), so such a checkpoint shares the model's own images instead of generating copies."""
+    if multiplier == 0:
+        adapter_id = ""
     payload = {"model": model_id, "adapter": adapter_id, "multiplier": float(multiplier) if adapter_id else None,
                "prompt": prompt, "seed": int(seed), "settings": settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -27,20 +27,32 @@ def scale_shape(W_shape: tuple[int, ...], axis: str) -> tuple[int, ...]:
     return (1, W_shape[1], *ones)
 
 
-def lowrank_norms(W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, axis: str) -> torch.Tensor:
-    """‖W + t·U·V‖ per channel, with U (O, R), V (R, I_g*K); everything in fp32."""
+def sq_norms(W: torch.Tensor, axis: str) -> torch.Tensor:
+    """Per-channel ‖W‖² in fp32 as a flat vector, without a W-sized temporary (W is frozen: callers cache it)."""
+    dt = torch.float32 if W.dtype in (torch.float16, torch.bfloat16) else None   # half: accumulate in fp32
+    if axis == "out":
+        n = torch.linalg.vector_norm(W.reshape(W.shape[0], -1), dim=1, dtype=dt)
+    else:
+        n = torch.linalg.vector_norm(W.reshape(W.shape[0], W.shape[1], -1), dim=(0, 2), dtype=dt)
+    return n.float().square_()
+
+
+def lowrank_norms(W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, axis: str,
+                  wsq: torch.Tensor | None = None) -> torch.Tensor:
+    """‖W + t·U·V‖ per channel, with U (O, R), V (R, I_g*K); everything in fp32.  ``wsq``: ‖W‖² per channel
+    when the caller has it (:func:`sq_norms`)."""
     Wf = W.float()
     o = Wf.shape[0]
     Wb = Wf.reshape(o, -1)
     u = u.float()
     v = v.float()
+    if wsq is None:
+        wsq = sq_norms(W, axis)
     if axis == "out":
-        wsq = Wb.pow(2).sum(1)
         cross = (u * (Wb @ v.T)).sum(1)
         quad = ((u @ (v @ v.T)) * u).sum(1)
     else:
         i_g = Wf.shape[1]
-        wsq = Wf.pow(2).reshape(o, i_g, -1).sum((0, 2))
         r = u.shape[1]
         utw = (u.T @ Wb).reshape(r, i_g, -1)
         v3 = v.reshape(r, i_g, -1)

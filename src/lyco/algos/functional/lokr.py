@@ -107,21 +107,23 @@ def conv_slices(x: torch.Tensor, geom: Geometry, b: int, c: int, d: int, w2=None
 
 
 def row_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
-    """(⟨W̄_o, ΔW_o⟩, ‖ΔW_o‖²) per output row without materialising ΔW."""
-    W5 = W.reshape(a, b, c, d, -1)
-    w2f = w2.reshape(b, d, -1)
-    t = torch.einsum("abcdk,ac->abdk", W5, w1)
-    cross = torch.einsum("abdk,bdk->ab", t, w2f).reshape(-1)
-    sq = (w1.pow(2).sum(1)[:, None] * w2f.pow(2).sum((1, 2))[None, :]).reshape(-1)
+    """(⟨W̄_o, ΔW_o⟩, ‖ΔW_o‖²) per output row without materialising ΔW (or copying W)."""
+    w2f = w2.reshape(b, -1)                                                        # (b, d·K)
+    # s[i1, i2, :] = Σ_j1 W1[i1, j1]·W[i1, i2, j1, :]: one (1 × c)·(c × d·K) product per output row, on W's memory
+    s = torch.matmul(w1.view(a, 1, 1, c), W.reshape(a, b, c, -1)).view(a, b, -1)
+    cross = (s * w2f).sum(-1).reshape(-1)
+    sq = (w1.pow(2).sum(1)[:, None] * w2f.pow(2).sum(1)[None, :]).reshape(-1)
     return cross, sq
 
 
 def col_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
     """(⟨W[:, i], ΔW[:, i]⟩, ‖ΔW[:, i]‖²) per input channel (summed over outputs and kernel)."""
-    W5 = W.reshape(a, b, c, d, -1)
     w2f = w2.reshape(b, d, -1)
-    t = torch.einsum("abcdk,ac->bcdk", W5, w1)
-    cross = torch.einsum("bcdk,bdk->cd", t, w2f).reshape(-1)
+    k = w2f.shape[-1]
+    # s[i2, j1, :] = Σ_i1 W1[i1, j1]·W[i1, i2, j1, :]: batch (i2, j1) is one stride of W, so no copy of W
+    Wv = W.reshape(a, b, c, d * k).permute(1, 2, 0, 3)                           # (b, c, a, d·K), a view
+    s = torch.matmul(w1.t().reshape(1, c, 1, a), Wv).view(b, c, d, k)
+    cross = (s * w2f.view(b, 1, d, k)).sum((0, 3)).reshape(-1)
     sq = (w1.pow(2).sum(0)[:, None] * w2f.pow(2).sum((0, 2))[None, :]).reshape(-1)
     return cross, sq
 
