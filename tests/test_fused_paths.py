@@ -59,7 +59,7 @@ def _reference(adapter, layer, x, m, mask):
     V = W + adapter.scalar * adapter.scale() * adapter.delta_raw(mask)
     if adapter.dora_axis is None:
         return torch.nn.functional.linear(x, W + m * (V - W), b)
-    # the norms as the module computes them (fp32 by the spec, from the factors); the rest in float64
+    # the norms as the module computes them (fp32 as docs say for DoRA, from the factors); the rest in float64
     n = adapter.dora_norms(W, mask).to(W.dtype)
     n = n.reshape(-1, 1) if adapter.dora_axis == "out" else n.reshape(1, -1)
     W1 = V * adapter.dora_scale.reshape(n.shape) / (n + dora_f.EPS)
