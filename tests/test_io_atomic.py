@@ -194,3 +194,36 @@ def test_folder_publication_never_merges(tmp_path):
     with pytest.raises(FileExistsError):
         publish_dir(done, tmp_path / "ds")
     assert publish_dir(done, tmp_path / "new") == tmp_path / "new" and (tmp_path / "new" / "x").is_file()
+
+
+def test_folder_replace_swaps_whole_folders_only(tmp_path, monkeypatch):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "old.txt").write_text("old")
+    with atomic_dir(tmp_path / "ds", replace=True) as tmp:      # an overwrite the user asked for
+        (tmp / "new.txt").write_text("new")
+    assert os.listdir(tmp_path / "ds") == ["new.txt"] and os.listdir(tmp_path) == ["ds"]
+    with pytest.raises(Boom):                                   # a failed writer: the old folder stays as it was
+        with atomic_dir(tmp_path / "ds", replace=True) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise Boom
+    assert os.listdir(tmp_path / "ds") == ["new.txt"] and os.listdir(tmp_path) == ["ds"]
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(atomic.os, "rename", failing_rename)     # the swap itself fails: the old folder comes back
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_dir(tmp_path / "ds", replace=True) as tmp:
+            (tmp / "third.txt").write_text("3")
+    monkeypatch.setattr(atomic.os, "rename", real_rename)
+    assert os.listdir(tmp_path / "ds") == ["new.txt"] and os.listdir(tmp_path) == ["ds"]
+
+
+def test_file_without_replace_never_replaces(tmp_path):
+    target = tmp_path / "a.png"
+    with atomic_path(target, replace=False) as tmp:
+        tmp.write_bytes(b"first")
+    with pytest.raises(FileExistsError):
+        with atomic_path(target, replace=False) as tmp:
+            tmp.write_bytes(b"second")
+    assert target.read_bytes() == b"first" and os.listdir(tmp_path) == ["a.png"]

@@ -24,7 +24,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import sd
 from .errors import ConfigError, did_you_mean
+from .io.atomic import atomic_path
 
 log = logging.getLogger("lyco")
 
@@ -223,30 +223,22 @@ def next_index(folder: Path) -> int:
 
 
 def save_png(image: Any, folder: Path, index: int, seed: int, text: str) -> Path:
-    """Write ``NNNNN-SEED.png`` with the ``parameters`` chunk, whole or not at all (a temporary file hard-linked
-    into place); never replaces a file: a taken name moves on to the next number."""
+    """Write ``NNNNN-SEED.png`` with the ``parameters`` chunk, whole or not at all (:func:`lyco.io.atomic.atomic_path`
+    without replacing); never replaces a file: a taken name moves on to the next number."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text("parameters", text)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
-    fd, tmp = tempfile.mkstemp(prefix=".lyco-", suffix=".png.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        while True:
-            path = folder / f"{index:05d}-{seed}.png"
-            try:
-                os.link(tmp, path)
-                return path
-            except FileExistsError:
-                index += 1
-    finally:
-        os.unlink(tmp)
+    while True:
+        path = folder / f"{index:05d}-{seed}.png"
+        try:
+            with atomic_path(path, durable=False, replace=False) as tmp:
+                tmp.write_bytes(buf.getvalue())
+            return path
+        except FileExistsError:
+            index += 1
 
 
 # ----------------------------------------------------------------------------------------------- generation

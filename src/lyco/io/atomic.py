@@ -90,9 +90,12 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], *, durable: bool = True, replace: bool = True) -> Iterator[Path]:
     """A temporary path next to ``target`` for any writer that takes a file name; it becomes ``target`` when the
-    block ends without an exception (the parent folders are created)."""
+    block ends without an exception (the parent folders are created).
+
+    ``replace=False`` never replaces a file: the finished file is hard-linked to ``target`` and
+    :class:`FileExistsError` is raised (the temporary file removed) when ``target`` exists by then."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _reserve(target)
@@ -103,7 +106,11 @@ def atomic_path(target: str | os.PathLike[str], *, durable: bool = True) -> Iter
             os.chmod(tmp, mode)
         if durable:
             fsync_file(tmp)
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)           # fails if target exists: nothing is replaced
+            os.unlink(tmp)
     except BaseException:
         _remove(tmp)
         raise
@@ -181,17 +188,37 @@ def normal_permissions(folder: str | os.PathLike[str]) -> None:
         os.chmod(folder, dir_mode)
 
 
-def publish_dir(tmp: str | os.PathLike[str], target: str | os.PathLike[str], *, durable: bool = True) -> Path:
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Replace ``target`` (a file or folder) by the folder ``tmp``: the old one is moved aside first, put back if
+    the rename fails, and deleted only once the new folder is in place."""
+    aside = _temp_name(target.with_name(target.name + ".old"))
+    os.replace(target, aside)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    _remove(aside)
+
+
+def publish_dir(tmp: str | os.PathLike[str], target: str | os.PathLike[str], *, durable: bool = True,
+                replace: bool = False) -> Path:
     """Rename the finished folder ``tmp`` to ``target`` in one step (same parent folder), after giving its
     contents normal permissions (:func:`normal_permissions`).
 
     Raises :class:`FileExistsError` when ``target`` already exists (a folder is never merged into or silently
-    replaced); ``tmp`` is then left for the caller to remove or keep.
+    replaced); ``tmp`` is then left for the caller to remove or keep.  ``replace=True`` (an overwrite the user
+    asked for) swaps an existing ``target`` out instead, deleting it only once the new folder is in place.
     """
     tmp, target = Path(tmp), Path(target)
     normal_permissions(tmp)
     if durable:
         fsync_tree(tmp)
+    if replace and (target.exists() or target.is_symlink()):
+        _swap_in(tmp, target)
+        if durable:
+            fsync_dir(target.parent)
+        return target
     if target.exists() or target.is_symlink():
         raise FileExistsError(f"{target} already exists")
     try:
@@ -206,10 +233,10 @@ def publish_dir(tmp: str | os.PathLike[str], target: str | os.PathLike[str], *, 
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike[str], *, durable: bool = True, replace: bool = False) -> Iterator[Path]:
     """A fresh temporary folder next to ``target`` (umask-honouring permissions); when the block ends without an
-    exception it is published as ``target`` by :func:`publish_dir`.  On an exception, or when ``target`` appeared
-    meanwhile (:class:`FileExistsError`), the temporary folder is removed."""
+    exception it is published as ``target`` by :func:`publish_dir` (``replace``: see there).  On an exception, or
+    when ``target`` appeared meanwhile (:class:`FileExistsError`), the temporary folder is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
@@ -223,7 +250,7 @@ def atomic_dir(target: str | os.PathLike[str], *, durable: bool = True) -> Itera
         raise FileExistsError(f"cannot create a temporary folder next to {target}")
     try:
         yield tmp
-        publish_dir(tmp, target, durable=durable)
+        publish_dir(tmp, target, durable=durable, replace=replace)
     except BaseException:
         _remove(tmp)
         raise

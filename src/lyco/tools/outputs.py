@@ -16,13 +16,12 @@ failed run leaves nothing behind (and a replaced folder is swapped only after th
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io.atomic import atomic_dir
 
 __all__ = ["check_output", "staged_folder"]
 
@@ -84,43 +83,11 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike |
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def staged_folder(output: str | os.PathLike) -> Iterator[Path]:
+def staged_folder(output: str | os.PathLike) -> AbstractContextManager[Path]:
     """Yield a temporary folder next to ``output``; on success it replaces ``output``, on failure it is removed.
 
-    The folder gets normal permissions (0777 minus the umask, like ``mkdir``); an existing ``output`` (already
-    allowed by :func:`check_output`) is moved aside first and deleted only once the new folder is in place.
+    :func:`lyco.io.atomic.atomic_dir` with ``replace=True``: the folder and its contents get normal permissions
+    (like ``mkdir`` / ``open`` under the umask); an existing ``output`` (already allowed by :func:`check_output`) is
+    moved aside first and deleted only once the new folder is in place.
     """
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)) / "old"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-            shutil.rmtree(old.parent, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old.parent, ignore_errors=True)
-        else:
-            old.unlink()
-            old.parent.rmdir()
+    return atomic_dir(output, replace=True)
