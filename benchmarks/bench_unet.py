@@ -36,10 +36,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+import common
 
-import lyco  # noqa: E402
-import lyco.sd  # noqa: E402
+import lyco
+import lyco.sd
 
 for _name in ("lyco", "LyCORIS", "lycoris", "diffusers", "transformers", "peft"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -226,10 +226,12 @@ def build_group(algo: str, te, unet, amp, preset_file: str, only: set[str]) -> t
     out: dict[str, Contender] = {}
     errors: dict[str, str] = {}
     lyco_net = None
-    for name, make in (("lyco", lambda t, u: attach_lyco(t, u, spec.lyco)),
-                       ("lycoris default", lambda t, u: attach_lycoris(t, u, spec.lycoris, False, preset_file)),
-                       ("lycoris bypass", lambda t, u: attach_lycoris(t, u, spec.lycoris, True, preset_file)),
-                       ("PEFT", lambda t, u: attach_peft(t, u, spec.peft, adapted_names(lyco_net)))):
+    # PEFT adapts the layers lyco adapted: it reads lyco_net, which the first contender sets
+    makers = (("lyco", lambda t, u: attach_lyco(t, u, spec.lyco)),
+              ("lycoris default", lambda t, u: attach_lycoris(t, u, spec.lycoris, False, preset_file)),
+              ("lycoris bypass", lambda t, u: attach_lycoris(t, u, spec.lycoris, True, preset_file)),
+              ("PEFT", lambda t, u: attach_peft(t, u, spec.peft, adapted_names(lyco_net))))
+    for name, make in makers:
         if name not in only or (name == "PEFT" and (spec.peft is None or lyco_net is None)):
             continue
         t, u = share(te), share(unet)

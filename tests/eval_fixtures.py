@@ -91,9 +91,9 @@ def strong_lora(pipe, path: Path, scale: float = 0.6, seed: int = 1) -> Path:
 def make_world(root: Path, gen_settings: dict) -> dict:
     """Model folder, strong LoRA, backbones, and a dataset = the LoRA's trigger images at the evaluation's seeds
     1000+k (made through lyco's own generation path, so the adapter's <trigger> images *are* the dataset)."""
+    import lyco.sd
     from lyco.eval.config import Generation
     from lyco.eval.generate import ImageJob, generate_jobs, load_variant_pipeline
-    import lyco.sd
 
     write_pipeline(root / "model")
     bb = write_backbones(root / "bb")

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -29,7 +29,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def tokenizer_dir() -> str:
     """A folder with a minimal CLIP tokenizer (vocab.json + merges.txt)."""
     d = tempfile.mkdtemp(prefix="lyco-tiny-tok-")
@@ -77,8 +77,13 @@ def unet_config(family: str) -> dict:
 
 def make_pipeline(family: str = "sd1", seed: int = 0, with_tokenizer: bool = True, prediction_type: str = "epsilon"):
     """A tiny pipeline of the given family with seeded random weights."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)

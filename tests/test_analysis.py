@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from analysis_fixtures import read_csv, write_csv
 from lyco.analysis import AnalysisOptions, analyze
 from lyco.analysis.effects import Comparison, Effect, comparisons, mean_stderr
 from lyco.analysis.factors import code_factors
@@ -13,8 +14,6 @@ from lyco.analysis.findings import CHECKS, judge
 from lyco.analysis.table import Checkpoint, load_factor_rows
 from lyco.cli import main as lyco_main
 from lyco.errors import ConfigError
-
-from analysis_fixtures import read_csv, write_csv
 
 NO_SHAP = AnalysisOptions(shap=False, report=False)
 IMSIM = ("image_similarity", "dino", "letterbox", "trigger")

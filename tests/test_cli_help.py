@@ -84,8 +84,9 @@ def test_hints_name_command_line_flags(tmp_path, capsys):
     for api, flag in CLI_HINTS.items():
         assert cli_message(FileFormatError(f"x.safetensors: 3 modules unmatched ({api})")).endswith(f"({flag})")
     # a real case: an adapter with one module the model does not have, merged without and with --ignore-unmatched
-    import lyco.sd
     from safetensors.torch import save_file
+
+    import lyco.sd
     pipe = lyco.sd.load_pipeline("builtin:tiny", tokenizer=False)
     net = lyco.sd.attach(pipe, algo="lora", dim=2, preset="attn-only", text_encoder=False)
     tensors = {k: v.contiguous() for k, v in net.state_tensors().items()}

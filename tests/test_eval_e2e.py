@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 from lyco.eval import evaluate, load_eval_config
 from lyco.eval.config import EvalConfig
 from lyco.eval.report import fmt, row_key
-
-from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 
 
 @pytest.fixture(scope="module")

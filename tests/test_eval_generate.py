@@ -7,9 +7,16 @@ import torch
 from PIL import Image
 
 from lyco.eval.config import Generation
-from lyco.eval.generate import (ImageJob, chunk_ids, encode_chunked, generate_jobs, job_key, n_chunks, settings_dict,
-                                windows)
-
+from lyco.eval.generate import (
+    ImageJob,
+    chunk_ids,
+    encode_chunked,
+    generate_jobs,
+    job_key,
+    n_chunks,
+    settings_dict,
+    windows,
+)
 from sd_tiny import make_pipeline
 
 LONG = "olis creature, small, top, blue background, outline style"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +21,7 @@ def names_file(name: str) -> set[str]:
     return set((DATA / name).read_text().split())
 
 
-@lru_cache(maxsize=None)
+@cache
 def meta_pipe(kind: str):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

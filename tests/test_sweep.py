@@ -22,8 +22,19 @@ from lyco.sweep.manifest import Manifest
 from lyco.sweep.plan import estimate, plan_text
 from lyco.sweep.spec import load_sweep
 from lyco.sweep.stages import factors_csv, train_stage
-from lyco.sweep.state import (CHANGED, FINISHED, INTERRUPTED, MISSING, PARTIAL, PENDING, RUNNING, run_state,
-                              train_args, try_lock, write_run_config)
+from lyco.sweep.state import (
+    CHANGED,
+    FINISHED,
+    INTERRUPTED,
+    MISSING,
+    PARTIAL,
+    PENDING,
+    RUNNING,
+    run_state,
+    train_args,
+    try_lock,
+    write_run_config,
+)
 from lyco.sweep.tomlw import dumps
 from lyco.train.checkpoint import MARKER
 from lyco.train.outputs import write_finished

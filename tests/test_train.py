@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import lyco
+from helpers import free_port, toml_dumps
 from lyco.train.buckets import assign, make_buckets, plan_epoch
 from lyco.train.config import BucketConfig, load_train_config
 from lyco.train.data import process_caption, scan_dataset
-from helpers import free_port, toml_dumps
 from train_fixtures import base_config, child_env, image_folder, tiny_model_dir
 
 DRIVER = Path(__file__).parent / "train_driver.py"

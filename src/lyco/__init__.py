@@ -12,8 +12,15 @@ Public API::
 """
 from ._version import __version__
 from .config import AdapterConfig
-from .errors import (ConfigError, FileFormatError, LycoError, MissingTokenizerError, StateError, TargetError,
-                     TrainingError)
+from .errors import (
+    ConfigError,
+    FileFormatError,
+    LycoError,
+    MissingTokenizerError,
+    StateError,
+    TargetError,
+    TrainingError,
+)
 from .network import Network, attach, load
 
 __all__ = [

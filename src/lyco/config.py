@@ -3,7 +3,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .algos import registry
 from .algos.options import AlgoOptions
@@ -82,7 +91,7 @@ class AdapterConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _overrides(self) -> "AdapterConfig":
+    def _overrides(self) -> AdapterConfig:
         for map_name in ("module_algo_map", "name_algo_map"):
             for key, over in getattr(self, map_name).items():
                 if not isinstance(over, dict):
@@ -130,7 +139,7 @@ class AdapterConfig(BaseModel):
         return AlgoOptions(**fields)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "") -> "AdapterConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> AdapterConfig:
         try:
             return cls(**data)
         except ConfigError as exc:

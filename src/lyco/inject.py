@@ -160,7 +160,6 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
                 continue
             if not (everything or in_block or direct):
                 continue
-            direct_by_name = lambda p: bool(p) and names.first(p) is not None  # noqa: E731
             geom = Geometry.from_module(layer_of(mod), path)
             overs = [mam[c] for c in anc_classes + [own_class] if c in mam]
             pat = overrides_by_name.first(path) if path else None
@@ -171,7 +170,7 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
                 opts = AlgoOptions(**{k: v for k, v in opts_dict.items() if k in AlgoOptions.field_names()})
                 opts = opts.replace(algo=registry.for_layer_kind("norm").algo, dora_wd=False, dropout=0.0)
             else:
-                if geom.has_spatial_kernel and not sel.enable_conv and not direct_by_name(path):
+                if geom.has_spatial_kernel and not sel.enable_conv and not (path and names.first(path) is not None):
                     continue
                 opts = AdapterConfig.module_options(opts_dict, geom.has_spatial_kernel)
                 if opts is None:

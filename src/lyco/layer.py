@@ -72,7 +72,7 @@ class LycoLayer(nn.Module):
         return a.geom.standard and weight_expressible(self.base_layer)
 
     # ------------------------------------------------------------------ merge
-    def chain_below(self) -> list["LycoLayer"]:
+    def chain_below(self) -> list[LycoLayer]:
         out = []
         m = self.base_layer
         while isinstance(m, LycoLayer):

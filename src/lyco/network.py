@@ -5,9 +5,10 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,7 @@ from .algos.geometry import Geometry
 from .algos.options import AlgoOptions
 from .config import AdapterConfig
 from .errors import ConfigError, FileFormatError, LycoError, StateError, short_list
-from .inject import Root, Target, layer_of, select_targets, walk, is_adaptable_layer, is_norm_layer
+from .inject import Root, Target, is_adaptable_layer, is_norm_layer, layer_of, select_targets, walk
 from .io import peft as peft_io
 from .io.files import model_hashes, read_file, write_file
 from .layer import LycoLayer, chain

@@ -7,10 +7,11 @@ preset TOML files: ``unet_target_module``, ``unet_target_name``, ``text_encoder_
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .config import AdapterConfig
 from .errors import ConfigError, did_you_mean

@@ -17,7 +17,8 @@ Everything the rest of lyco needs to know about an algorithm is asked of its cla
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -310,7 +311,7 @@ class AdapterModule(nn.Module):
     @classmethod
     def from_file(
         cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str, hints: dict[str, Any]
-    ) -> "AdapterModule":
+    ) -> AdapterModule:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared helpers for subclasses

@@ -96,7 +96,7 @@ class Geometry:
 
     # ----------------------------------------------------------------- construction
     @staticmethod
-    def from_module(module: nn.Module, name: str = "") -> "Geometry":
+    def from_module(module: nn.Module, name: str = "") -> Geometry:
         if isinstance(module, nn.Linear):
             return Geometry("linear", module.in_features, module.out_features, standard=type(module) is nn.Linear,
                             has_bias=module.bias is not None)
@@ -128,7 +128,7 @@ class Geometry:
         )
 
     @staticmethod
-    def of_weight_shape(shape: tuple[int, ...], has_bias: bool = False) -> "Geometry":
+    def of_weight_shape(shape: tuple[int, ...], has_bias: bool = False) -> Geometry:
         """A plain layer with this weight shape: Linear for (O, I), an unpadded stride-1 ConvNd for (O, I, k...)."""
         if len(shape) == 1:
             return Geometry("norm", shape[0], shape[0], has_bias=has_bias)

@@ -210,7 +210,7 @@ def holdout_r2(design: Design, rows: Sequence[int], y: np.ndarray, settings: Sha
     if len(by_config) < 2:
         return NAN
     pred = np.empty(len(rows))
-    for config, idx in by_config.items():
+    for idx in by_config.values():
         skip = set(idx)
         train = [j for j in range(len(rows)) if j not in skip]
         pred[idx] = _fit_predict(design, [rows[j] for j in train], y[train], [rows[j] for j in idx], settings)

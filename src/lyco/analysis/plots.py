@@ -129,7 +129,7 @@ def beeswarm_png(features: Sequence[str], values: Sequence[Sequence[Any]], shap:
     fig, ax = plt.subplots(figsize=(5.2, 0.55 * len(features) + 1.3), dpi=96)
     try:
         cmap = plt.get_cmap("coolwarm")
-        for f, name in enumerate(features):
+        for f, _name in enumerate(features):
             yrow = len(features) - 1 - f
             s = shap[:, f]
             c = _colour_values([row[f] for row in values])

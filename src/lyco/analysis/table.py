@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 from ..errors import ConfigError, did_you_mean
 from ..eval.metrics import REGISTRY
@@ -25,7 +24,7 @@ NAN = float("nan")
 REQUIRED = ("category", "class", "checkpoint", "metric", "value")
 OPTIONAL = ("level", "subclass", "config", "seed", "epoch", "encoder", "resize", "prompt_type")
 #: what :func:`load_results` accepts: a CSV path, Row objects or dicts with the CSV's keys
-ResultsSource = Union[str, Path, Sequence[Row], Sequence[Mapping[str, object]]]
+ResultsSource = str | Path | Sequence[Row] | Sequence[Mapping[str, object]]
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ class FactorRows:
     source: str
 
 
-FactorsSource = Union[str, Path, Sequence[Mapping[str, object]]]
+FactorsSource = str | Path | Sequence[Mapping[str, object]]
 
 
 def load_factor_rows(source: FactorsSource) -> FactorRows:

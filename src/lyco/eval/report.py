@@ -15,8 +15,9 @@ import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from PIL import Image
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,16 @@ from ..sd.pipelines import resolve_model_path
 from .backbones import Backbone, load_clip, load_dino, load_vgg, resolve_device, resolve_weights
 from .config import EvalConfig
 from .features import FeatureCache, extract, file_sha256
-from .generate import (ImageJob, Variant, adapter_identity, job_key, model_identity, run_generation, settings_dict,
-                       windows)
+from .generate import (
+    ImageJob,
+    Variant,
+    adapter_identity,
+    job_key,
+    model_identity,
+    run_generation,
+    settings_dict,
+    windows,
+)
 from .metrics import Metric, get_metric, higher_is_better
 from .plan import Outcome, Plan
 from .prompts import Leaf, build_leaves

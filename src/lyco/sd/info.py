@@ -72,7 +72,7 @@ def adapter_metadata(info: ModelInfo, title: str = "") -> dict[str, str]:
         "modelspec.architecture": arch,
         "modelspec.implementation": SGM_URL if info.is_sdxl else "diffusers",
         "modelspec.resolution": f"{info.resolution}x{info.resolution}",
-        "modelspec.date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "modelspec.date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "modelspec.prediction_type": info.prediction_type,
     }
     if info.name:

@@ -23,9 +23,15 @@ from ..builtin import DATA_DIR
 from ..errors import ConfigError, FileFormatError
 from ..io.atomic import atomic_path
 from ..io.checkpoint import read_checkpoint
-from .ldm_convert import (TEXT_PREFIXES, build_text_encoder, build_unet, build_vae, infer_pipeline_family,
-                          to_ldm_state_dict)
 from .embedded import configs_from_metadata, pipeline_metadata, tokenizers_from_metadata
+from .ldm_convert import (
+    TEXT_PREFIXES,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    infer_pipeline_family,
+    to_ldm_state_dict,
+)
 from .ldm_detect import CheckpointInfo, detect_family, inspect_checkpoint
 from .tokenizers import ENV_VARS, resolve_tokenizer
 

@@ -147,7 +147,7 @@ def _status(sw: Sweep) -> int:
     return 0
 
 
-def _sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+def _sigterm(signum, frame):  # a signal handler's signature
     raise KeyboardInterrupt
 
 

@@ -7,14 +7,27 @@ over every feature it uses.  A module no algorithm recognises, or a feature with
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
 from ..algos import registry
-from ..algos.support import (APPROX, CLIENT_NOTES, CLIENTS, DORA_SUPPORT, ERROR, EXACT, IGNORED, RANK, TESTED_CLIENTS,
-                             UNKNOWN, Support, row, symbol)
+from ..algos.support import (
+    APPROX,
+    CLIENT_NOTES,
+    CLIENTS,
+    DORA_SUPPORT,
+    ERROR,
+    EXACT,
+    IGNORED,
+    RANK,
+    TESTED_CLIENTS,
+    UNKNOWN,
+    Support,
+    row,
+    symbol,
+)
 from ..errors import ConfigError, FileFormatError, did_you_mean
 from ..io.files import group_by_module
 from ..network import network_from_tensors

@@ -87,7 +87,7 @@ def plan_epoch(groups: list[tuple[int, list[int], dict[int, tuple[int, int]], in
         if leftovers == "merge" and len(rest) > 1:
             merged: dict[tuple[int, int], list[int]] = {}
             biggest = max(rest, key=lambda r: len(r[1]))[0]
-            for b, items in rest:
+            for _b, items in rest:
                 merged.setdefault(biggest, []).extend(items)
             rest = list(merged.items())
         for b, items in rest:

@@ -17,7 +17,8 @@ Every path is exact: the tests compare values and gradients with autograd on the
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -1,8 +1,9 @@
 """Norm-adapter math: (γ + m·Δγ, β + m·Δβ) applied with the norm layer's own normalisation, in one op."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

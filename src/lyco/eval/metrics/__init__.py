@@ -14,8 +14,9 @@ vectors).  The registry maps names to classes and is read-only.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 
