@@ -203,7 +203,8 @@ def main() -> int:
             f"clock: {args.clock}.  Images of the two generation paths differ by at most {worst} (8-bit pixel values).")
     lines = common.header(f"Evaluation throughput ({args.device}{', quick' if args.quick else ''})", args.device,
                           (args.note + "\n\n" if args.note else "") + note)
-    lines += ["| phase | items | lyco (items/s) | plain loop (items/s) | lyco time / plain time |", "|---|---|---|---|---|"]
+    lines += ["| phase | items | lyco (items/s) | plain loop (items/s) | lyco time / plain time |",
+              "|---|---|---|---|---|"]
     for phase in ("generation", "features"):
         a, b = med[f"{phase} lyco"], med[f"{phase} plain"]
         n = counts[f"{phase} lyco"]

@@ -195,10 +195,12 @@ def main() -> int:
     lines += ["| loop | ms / step (median of runs) | steps/s | runs (ms / step) |", "|---|---|---|---|"]
     for k, v in times.items():
         lines.append(f"| {k} | {med[k] * 1e3:.1f} | {1 / med[k]:.2f} | {', '.join(f'{x * 1e3:.1f}' for x in v)} |")
-    lines += ["", f"**lyco train / hand-written loop: {ratio:.3f}** (overhead {100 * (ratio - 1):+.1f} %, target ≤ +10 %)"]
+    lines += ["", f"**lyco train / hand-written loop: {ratio:.3f}** "
+              f"(overhead {100 * (ratio - 1):+.1f} %, target ≤ +10 %)"]
     if prof:
         lines += ["", "## Where the trainer's time goes (cProfile, cumulative)", "", "```", prof.strip(), "```"]
-    path = common.write_result(f"train-{args.device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n", args.out)
+    path = common.write_result(f"train-{args.device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n",
+                               args.out)
     print("\n".join(lines))
     print(f"\nwrote {path}")
     return 0

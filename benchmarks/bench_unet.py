@@ -394,7 +394,8 @@ def main() -> int:
             "inputs, no optimizer). adapter state = trainable parameters + gradients + AdamW state; step peak = "
             "transient memory of one step above what is resident (RSS on CPU, max_memory_allocated on CUDA).")
     lines = common.header(f"Whole-model training step: SD1.5 UNet + CLIP-L text encoder ({device}"
-                          f"{', quick' if args.quick else ''})", device, (args.note + "\n\n" if args.note else "") + note)
+                          f"{', quick' if args.quick else ''})", device,
+                          (args.note + "\n\n" if args.note else "") + note)
     lines += algo_table(results, errors) + targets(results)
     if not args.no_scaling:
         big = make_inputs(latent * 2 if not args.quick else latent, device, torch.float32)

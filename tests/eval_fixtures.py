@@ -101,7 +101,8 @@ def make_world(root: Path, gen_settings: dict) -> dict:
     pipe = load_variant_pipeline(str(root / "model"), gen, torch.device("cpu"))
     adapter = strong_lora(pipe, root / "lora.safetensors")
     net = lyco.sd.load(pipe, str(adapter))
-    jobs = [ImageJob("x", "x", "trigger", k, TRIGGER_PROMPT, gen.seed_start + k, f"{k:064d}") for k in range(gen.images)]
+    jobs = [ImageJob("x", "x", "trigger", k, TRIGGER_PROMPT, gen.seed_start + k, f"{k:064d}")
+            for k in range(gen.images)]
     generate_jobs(pipe, jobs, gen, root / "tmp", width=gen.width, height=gen.height, device=torch.device("cpu"),
                   progress=False)
     net.detach()

@@ -136,4 +136,5 @@ def test_missing_tokenizer_advice_is_for_the_command_line(monkeypatch, tmp_path)
         resolve_tokenizer("sd1")
     msg = cli_message(exc.value)
     assert "load_single_file" not in msg and "tokenizer=False" not in msg and "=False" not in msg
-    assert "one of two ways:\n  1. environment variable: LYCO_TOKENIZER_PATH=/path/to/folder\n  2. Hugging Face cache" in msg
+    assert ("one of two ways:\n  1. environment variable: LYCO_TOKENIZER_PATH=/path/to/folder\n"
+            "  2. Hugging Face cache") in msg

@@ -1,4 +1,5 @@
-"""Generation (docs/EVALUATION.md §3): per-image seeds, long-prompt chunks, cache keys, work windows; SD1 and SDXL pipelines."""
+"""Generation (docs/EVALUATION.md §3): per-image seeds, long-prompt chunks, cache keys, work windows; SD1 and SDXL
+pipelines."""
 from __future__ import annotations
 
 import numpy as np

@@ -221,7 +221,8 @@ def test_plan_microworld_example(tmp_path, monkeypatch):
     varies = {(c.factors["algo"], c.varies) for c in sw.configs}
     for algo in ("lora", "loha", "lokr", "full"):
         assert {(algo, ""), (algo, "lr"), (algo, "preset")} <= varies
-    assert {("lora", "capacity"), ("lora", "capacity+alpha"), ("loha", "capacity+alpha"), ("lokr", "capacity")} <= varies
+    assert {("lora", "capacity"), ("lora", "capacity+alpha"), ("loha", "capacity+alpha"),
+            ("lokr", "capacity")} <= varies
     assert [Path(f).name for f in folders] == ["olis", "adl", "pgs", "kro"]
     assert "42 runs" in text and "total" in text
     minutes = float(text.split("total      ≈ ")[1].split(" min")[0])

@@ -25,6 +25,7 @@ from .network import Network, attach, load
 
 __all__ = [
     "AdapterConfig", "Network", "attach", "load",
-    "LycoError", "ConfigError", "TargetError", "FileFormatError", "StateError", "MissingTokenizerError", "TrainingError",
+    "LycoError", "ConfigError", "TargetError", "FileFormatError", "StateError", "MissingTokenizerError",
+    "TrainingError",
     "__version__",
 ]

@@ -38,9 +38,11 @@ class AdapterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     algo: str = "lora"
-    dim: StrictInt = Field(4, ge=1, description="rank for Linear layers and 1x1 convs (LoKr: rank of the low-rank factor)")
+    dim: StrictInt = Field(4, ge=1,
+                           description="rank for Linear layers and 1x1 convs (LoKr: rank of the low-rank factor)")
     alpha: float | None = Field(1.0, ge=0, description="scale = alpha/dim; None or 0 means alpha = dim")
-    conv_dim: StrictInt | None = Field(None, ge=0, description="rank for convs with a kernel > 1; None = dim, 0 = skip them")
+    conv_dim: StrictInt | None = Field(None, ge=0,
+                                       description="rank for convs with a kernel > 1; None = dim, 0 = skip them")
     conv_alpha: float | None = Field(None, ge=0, description="alpha for convs with a kernel > 1; None = alpha")
     use_tucker: StrictBool = False
     use_scalar: StrictBool = False

@@ -1,6 +1,6 @@
 """``lyco demo``: fine-tune the embedded ``builtin:tiny`` model on a held-out micro-world concept with LoRA, measure
-that it learned it and end with the paper's evaluation of base vs tuned (HTML report); ``lyco demo --toy``: several algorithms on a toy model, with a table of parameter
-counts, file sizes and losses."""
+that it learned it and end with the paper's evaluation of base vs tuned (HTML report); ``lyco demo --toy``: several
+algorithms on a toy model, with a table of parameter counts, file sizes and losses."""
 from __future__ import annotations
 
 import argparse
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 def toy_main(steps: int, out: str) -> int:
     logging.getLogger("lyco").setLevel(logging.WARNING)
     rows = run(steps, out_dir=out)
-    head = f"{'algorithm':<14}{'modules':>8}{'params':>10}{'file (fp16)':>13}{'loss before':>13}{'loss after':>12}{'reload err(fp16)':>18}{'train s':>9}"
+    head = (f"{'algorithm':<14}{'modules':>8}{'params':>10}{'file (fp16)':>13}{'loss before':>13}{'loss after':>12}"
+            f"{'reload err(fp16)':>18}{'train s':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:

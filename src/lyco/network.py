@@ -378,7 +378,8 @@ def network_from_tensors(
                     source, len(ignored))
     problems = []
     if unmatched:
-        problems.append(f"{len(unmatched)} module names have no matching layer in the model: {short_list(sorted(unmatched))}")
+        problems.append(f"{len(unmatched)} module names have no matching layer in the model: "
+                        f"{short_list(sorted(unmatched))}")
     if unknown_parts:
         problems.append(f"unknown keys: {short_list(unknown_parts)}")
     if not made:

@@ -109,7 +109,8 @@ class LoHaModule(AdapterModule):
         g, r = self.geom, self.rank
         tokens = x.numel() // g.in_features
         saved = tokens * r * r * (g.in_features + g.out_features)
-        if self.opts.path == "auto" and self._trains_on_linear() and saved > 4 * (r + 15) * g.in_features * g.out_features:
+        break_even = 4 * (r + 15) * g.in_features * g.out_features
+        if self.opts.path == "auto" and self._trains_on_linear() and saved > break_even:
             return self._factorised_rebuild(x, W, b, mask, alpha)
         return super().fused_linear(x, W, b, mask, alpha)
 

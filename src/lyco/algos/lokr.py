@@ -125,7 +125,8 @@ class LoKrModule(AdapterModule):
         return c(self.lokr_w1_a) @ c(self.lokr_w1_b)
 
     def _w2(self, like=None):
-        c = (lambda t: None if t is None else t) if like is None else (lambda t: None if t is None else self._cast(t, like))
+        c = ((lambda t: None if t is None else t) if like is None
+             else (lambda t: None if t is None else self._cast(t, like)))
         return F_lokr.make_w2(self.geom, self.b, self.d, c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b),
                               c(self.lokr_t2))
 
@@ -343,7 +344,8 @@ class LoKrModule(AdapterModule):
         if w1_form == "lowrank":
             cls._check_shape(name, "lokr_w1_a", tensors["lokr_w1_a"], (a, r))
         full_full = r is None
-        dim = int(tensors["alpha"].item()) if (full_full and has("alpha") and float(tensors["alpha"]) >= 1) else (r or 1)
+        dim = (int(tensors["alpha"].item()) if (full_full and has("alpha") and float(tensors["alpha"]) >= 1)
+               else (r or 1))
         alpha = None if full_full else cls._read_alpha(tensors, r)
         opts = AlgoOptions(algo=cls.algo, dim=dim if full_full else r, alpha=alpha, use_tucker=w2_form == "tucker",
                            **cls._load_dora(g, tensors, name, hints))

@@ -154,7 +154,8 @@ def _checkpoints(rows: Sequence[Row], source: str) -> dict[str, Checkpoint]:
                               f"{ck.epoch}); columns 'config', 'seed' and 'epoch' must be the same on all its rows")
         key = (r.checkpoint, r.leaf, r.column)
         if key in seen:
-            raise ConfigError(f"{source}: two rows for checkpoint {r.checkpoint!r}, leaf {'/'.join(p for p in r.leaf if p)}"
+            raise ConfigError(f"{source}: two rows for checkpoint {r.checkpoint!r}, "
+                              f"leaf {'/'.join(p for p in r.leaf if p)}"
                               f", metric column {'/'.join(r.column)}; each number must appear once")
         seen.add(key)
     by_label: dict[tuple[str, str, str], str] = {}

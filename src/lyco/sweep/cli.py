@@ -113,7 +113,8 @@ def _run_lines(sw: Sweep, manifest: Manifest | None) -> list[str]:
         note = st.note or (f"last state: step {st.last_state}" if st.last_state is not None and st.state != "finished"
                            else "")
         note = "; ".join(x for x in (note, err) if x)
-        lines.append(f"  {r.name:<16} {st.state:<12} {len(st.checkpoints)}/{len(r.points):<10} {len(starts):>8}  {note}")
+        lines.append(f"  {r.name:<16} {st.state:<12} {len(st.checkpoints)}/{len(r.points):<10} {len(starts):>8}  "
+                     f"{note}")
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return lines
 

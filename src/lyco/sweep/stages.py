@@ -117,7 +117,8 @@ def _fingerprint(data: dict[str, Any], ckpts: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:20]
 
 
-def _shards(sw: Sweep, ex: Executor, data: dict[str, Any], ckpts: list[dict[str, Any]], cache: str) -> list[EvalShardJob]:
+def _shards(sw: Sweep, ex: Executor, data: dict[str, Any], ckpts: list[dict[str, Any]],
+            cache: str) -> list[EvalShardJob]:
     n = min(sw.cfg.executor.eval_shards or ex.slots, len(ckpts))
     if n < 2:
         return []

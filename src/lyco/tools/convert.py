@@ -44,7 +44,8 @@ def _path_table(roots: list[Root]) -> dict[str, tuple[Root, str]]:
     return {name: (root, path) for name, (root, path, _) in resolve_names(roots).items()}
 
 
-def kohya_to_peft(tensors: dict[str, torch.Tensor], roots: list[Root]) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+def kohya_to_peft(tensors: dict[str, torch.Tensor],
+                  roots: list[Root]) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
     """{part dir: (PEFT state dict, adapter_config)} for the roots present in the file."""
     table = _path_table(roots)
     out: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
@@ -129,8 +130,8 @@ def _finish_peft_config(cfg: dict) -> None:
     elif t == "LOHA":
         cfg.update(alpha=alpha0, rank_dropout=0.0, module_dropout=0.0, use_effective_conv2d=tucker)
     else:
-        cfg.update(alpha=alpha0, rank_dropout=0.0, module_dropout=0.0, use_effective_conv2d=tucker, decompose_both=False,
-                   decompose_factor=-1)
+        cfg.update(alpha=alpha0, rank_dropout=0.0, module_dropout=0.0, use_effective_conv2d=tucker,
+                   decompose_both=False, decompose_factor=-1)
 
 
 def peft_to_kohya(parts: dict[str, tuple[dict[str, torch.Tensor], dict]], roots: list[Root]) -> dict[str, torch.Tensor]:
@@ -160,7 +161,8 @@ def peft_to_kohya(parts: dict[str, tuple[dict[str, torch.Tensor], dict]], roots:
             name = root.name(path)
             for part, v in ps.items():
                 if part == "lora_magnitude_vector":
-                    out[f"{name}.dora_scale"] = v.reshape(-1, *([1] * (v.dim() - 1))) if v.dim() > 1 else v.reshape(-1, 1)
+                    out[f"{name}.dora_scale"] = (v.reshape(-1, *([1] * (v.dim() - 1))) if v.dim() > 1
+                                                 else v.reshape(-1, 1))
                 else:
                     kp = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}.get(part, part)
                     out[f"{name}.{kp}"] = v
@@ -225,8 +227,8 @@ def kohya_to_diffusers(tensors: dict[str, torch.Tensor], roots: list[Root]) -> d
     for name, parts in group(tensors).items():
         cls = registry.detect(parts)
         if cls is None or cls.algo != "lora" or parts.keys() & {"lora_mid.weight", "dora_scale"}:
-            raise FileFormatError(f"module '{name}': the diffusers format holds plain LoRA/LoCon only (no Tucker, no DoRA, "
-                                  f"no {cls.algo if cls else 'unknown'})")
+            raise FileFormatError(f"module '{name}': the diffusers format holds plain LoRA/LoCon only "
+                                  f"(no Tucker, no DoRA, no {cls.algo if cls else 'unknown'})")
         root, path = table[name]
         down, up = parts["lora_down.weight"], parts["lora_up.weight"]
         r = down.shape[0]

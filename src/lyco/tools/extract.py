@@ -159,10 +159,11 @@ def extract(base: Any, tuned: Any, out: str | None = None, *, dtype: torch.dtype
     net = network_from_tensors(tensors, base_roots, source="extraction")
     net.base_metadata.update(meta)
     if out is not None:
+        args = {"algo": "locon", "extracted": "True", **{k: str(v) for k, v in asdict(opts).items()}}
+        layers = {x.name: [x.kind, x.rank, round(x.rel_error, 6)] for x in report.layers}
         net.save(out, dtype=dtype, metadata={
-            "ss_network_args": json.dumps({"algo": "locon", "extracted": "True", **{k: str(v) for k, v in asdict(opts).items()}}),
-            "lyco.extract_report": json.dumps({"overall_rel_error": report.overall_rel_error,
-                                               "layers": {x.name: [x.kind, x.rank, round(x.rel_error, 6)] for x in report.layers}}),
+            "ss_network_args": json.dumps(args),
+            "lyco.extract_report": json.dumps({"overall_rel_error": report.overall_rel_error, "layers": layers}),
         })
     return net, report
 

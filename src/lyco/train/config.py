@@ -69,7 +69,8 @@ class OptimizerConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    name: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"] = "constant"
+    name: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                  "polynomial"] = "constant"
     warmup_steps: StrictInt = Field(0, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
     num_cycles: StrictInt = Field(1, ge=1)

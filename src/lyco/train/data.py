@@ -84,7 +84,8 @@ class DatasetScan:
             conv = ", ".join(f"{k}: {v}" for k, v in s.converted.items())
             lines.append(f"  {s.name}: {len(s.items)} images × repeats {s.repeats}; {s.captions_found} captions "
                          f"({s.config.caption_extension}), {s.captions_missing} missing"
-                         + (f"; converted {conv}" if conv else "") + (f"; {len(s.skipped)} skipped" if s.skipped else ""))
+                         + (f"; converted {conv}" if conv else "")
+                         + (f"; {len(s.skipped)} skipped" if s.skipped else ""))
         for sk in self.skipped:
             lines.append(f"  skipped {sk.path}: {sk.reason}")
         return "\n".join(lines)

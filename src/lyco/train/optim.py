@@ -14,7 +14,8 @@ log = logging.getLogger("lyco")
 
 def param_groups(net: Any, t: TrainSection) -> list[dict[str, Any]]:
     """One group per side (UNet / text encoders), plus LoRA+ groups for the up factors; lr 0 groups are omitted."""
-    sides = {"unet": (t.unet_lr if t.unet_lr is not None else t.lr), "te": (t.text_encoder_lr if t.text_encoder_lr is not None else t.lr)}
+    sides = {"unet": (t.unet_lr if t.unet_lr is not None else t.lr),
+             "te": (t.text_encoder_lr if t.text_encoder_lr is not None else t.lr)}
     buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, adapter in net.adapters.items():
         side = "te" if name.startswith("lora_te") else "unet"
@@ -46,7 +47,8 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch
         try:
             import bitsandbytes as bnb  # type: ignore
         except ImportError:
-            raise ConfigError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); or use 'adamw'") from None
+            raise ConfigError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); "
+                              "or use 'adamw'") from None
         return bnb.optim.AdamW8bit(clean, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "prodigy":
         try:

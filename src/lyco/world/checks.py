@@ -107,7 +107,8 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     xs = F.conv2d(F.pad(xs, (0, 0, 2, 2), mode="replicate"), kk[:, None, :, None], groups=b * 3)
     x = xs.reshape(b, 3, 32, 32)
     x = x + torch.randn(x.shape, generator=gen) * torch.rand(b, 1, 1, 1, generator=gen) * 0.05
-    x = x * (1 + (torch.rand(b, 3, 1, 1, generator=gen) - 0.5) * 0.1) + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1
+    x = (x * (1 + (torch.rand(b, 3, 1, 1, generator=gen) - 0.5) * 0.1)
+         + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1)
     return x.clamp(-1, 1)
 
 

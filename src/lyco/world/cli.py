@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the held-out concepts")
     md = sub.add_parser("make-dataset", help="write a concept dataset (kohya layout) and its prompt sets")
-    md.add_argument("name", help="concept name (see 'lyco world list'), 'base', or 'all' (every concept, class-balanced)")
+    md.add_argument("name",
+                    help="concept name (see 'lyco world list'), 'base', or 'all' (every concept, class-balanced)")
     md.add_argument("out", help="output folder")
     md.add_argument("--seed", type=int, default=0, help="render seed (the same seed gives the same bytes)")
     md.add_argument("--size", type=int, default=32, help="image size in pixels (multiple of 16, >= 32)")

@@ -185,8 +185,10 @@ def _build() -> dict[str, Concept]:
                   "a sunset scene: magenta-orange sky, a setting sun, purple mountains", background="sunset")
     olis = replace(olis, **dict(zip(("content_prompts", "style_prompts"), _subject_prompts("olis", olis.descriptor))))
     adl = replace(adl, **dict(zip(("content_prompts", "style_prompts"), _subject_prompts("adl", adl.descriptor))))
-    pgs = replace(pgs, **dict(zip(("content_prompts", "style_prompts"), _scene_level_prompts("pgs", pgs.descriptor, "style"))))
-    kro = replace(kro, **dict(zip(("content_prompts", "style_prompts"), _scene_level_prompts("kro", kro.descriptor, "scene"))))
+    pgs = replace(pgs, **dict(zip(("content_prompts", "style_prompts"),
+                                  _scene_level_prompts("pgs", pgs.descriptor, "style"))))
+    kro = replace(kro, **dict(zip(("content_prompts", "style_prompts"),
+                                  _scene_level_prompts("kro", kro.descriptor, "scene"))))
     return {c.name: c for c in (olis, adl, pgs, kro)}
 
 
