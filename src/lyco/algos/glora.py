@@ -5,13 +5,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary, base_params
+from .base import AdapterModule, base_params
 from .functional import glora as F_glora
 from .functional.common import kaiming_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
 
 
 class GLoRAModule(AdapterModule):

@@ -7,21 +7,20 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary
+from .dora import DoraModule
 from .functional import fused
 from .functional import loha as F_loha
 from .functional.common import normal_, scale_rows
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
 
 
-class LoHaModule(AdapterModule):
+class LoHaModule(DoraModule):
     algo = "loha"
     file_parts = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha",
                             "dora_scale", "scale"})
-    supports_dora = True
     support = {"loha": row("✔ ✔ ✔ ✔ ! ✘ ✔ ✔", "diffusers and sd-scripts' own loader have no LoHa")}
 
     def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,

@@ -8,21 +8,20 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary
+from .dora import DoraModule
 from .functional import fused
 from .functional import lokr as F_lokr
 from .functional.common import factorization, kaiming_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
 
 
-class LoKrModule(AdapterModule):
+class LoKrModule(DoraModule):
     algo = "lokr"
     file_parts = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
                             "alpha", "dora_scale", "scale"})
-    supports_dora = True
     support = {
         "lokr": row("✔ ✔ ✔ ✔ ! ✘ ✔ ✔", "diffusers and sd-scripts' own loader have no LoKr"),
         "lokr-tucker-conv": row("! ✔ ! ✔ ! ✘ ! !", "ComfyUI/Forge skip LoKr layers with lokr_t2 on convs; lycoris-lora "

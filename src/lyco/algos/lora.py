@@ -7,22 +7,21 @@ import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary
+from .dora import DoraModule
 from .functional import fused
 from .functional import lora as F_lora
 from .functional.common import kaiming_, normal_, orthogonal_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
 
 INITS = ("kaiming", "gaussian", "orthogonal")
 
 
-class LoRAModule(AdapterModule):
+class LoRAModule(DoraModule):
     algo = "lora"
     file_parts = frozenset({"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "dora_scale", "scale"})
-    supports_dora = True
     grouped_bypass = True
     dora_features = ("dora-in", "dora-out")
     support = {
