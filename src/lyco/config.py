@@ -1,6 +1,7 @@
 """``AdapterConfig``: what to adapt and how.  Field names follow LyCORIS's ``network_args``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import (
@@ -113,7 +114,7 @@ class AdapterConfig(BaseModel):
         """The algorithm options (the keys an override may change)."""
         return {k: getattr(self, k) for k in OVERRIDE_KEYS}
 
-    def with_overrides(self, *overrides: dict[str, Any]) -> dict[str, Any]:
+    def with_overrides(self, *overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Option dict after applying overrides in order (a ``dim`` override also sets ``conv_dim``, etc.)."""
         opts = self.option_dict()
         for over in overrides:

@@ -5,10 +5,10 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -64,8 +64,12 @@ class Network(nn.Module):
     def site(self, name: str) -> Site:
         return self._sites[name]
 
+    def _adapter_items(self) -> list[tuple[str, AdapterModule]]:
+        """``adapters`` as (file name, adapter) pairs, typed (the ModuleDict holds AdapterModules only)."""
+        return [(n, cast(AdapterModule, a)) for n, a in self.adapters.items()]
+
     def algo_counts(self) -> dict[str, int]:
-        return dict(Counter(a.algo + ("+dora" if a.dora_axis else "") for a in self.adapters.values()))
+        return dict(Counter(a.algo + ("+dora" if a.dora_axis else "") for _, a in self._adapter_items()))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -170,7 +174,7 @@ class Network(nn.Module):
 
         ``dylora_rank`` truncates DyLoRA modules to that rank (a multiple of their block size)."""
         out: dict[str, torch.Tensor] = {}
-        for name, a in self.adapters.items():
+        for name, a in self._adapter_items():
             exported = a.export_truncated(dylora_rank) if (dylora_rank and a.truncatable) else a.export()
             for part, t in exported.items():
                 out[f"{name}.{part}"] = t
@@ -178,7 +182,7 @@ class Network(nn.Module):
 
     def build_metadata(self, metadata: dict[str, str] | None = None) -> dict[str, str]:
         cfg = self.config
-        adapters = list(self.adapters.values())
+        adapters = [a for _, a in self._adapter_items()]
         algos = sorted({a.algo for a in adapters})
         main = Counter(a.algo for a in adapters).most_common(1)[0][0] if adapters else "lora"
         scaled = [a for a in adapters if a.scaled]
@@ -193,7 +197,7 @@ class Network(nn.Module):
             if cfg.preset:
                 args["preset"] = cfg.preset
             args["algo"] = cfg.algo
-        modules = {n: a.describe() for n, a in self.adapters.items()}
+        modules = {n: a.describe() for n, a in self._adapter_items()}
         meta = {
             "ss_network_module": "lyco.kohya",
             "ss_network_dim": str(dim),
@@ -218,7 +222,7 @@ class Network(nn.Module):
             meta.update(metadata)
         return meta
 
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
+    def save(self, path: str | os.PathLike[str], dtype: torch.dtype | None = None,
              metadata: dict[str, str] | None = None, dylora_rank: int | None = None) -> str:
         """Write a kohya/LyCORIS ``.safetensors`` file.  ``dtype`` None keeps fp32 (lossless).
 
@@ -392,13 +396,13 @@ def network_from_tensors(
             raise FileFormatError(msg + " (pass strict=False to load the rest)")
         log.warning("lyco: %s", msg)
     net = Network()
-    for t, adapter in made:
-        _install(net, t, adapter, multiplier)
+    for target, adapter in made:
+        _install(net, target, adapter, multiplier)
     net.attached = True
     return net
 
 
-def _module_hints(metadata: dict[str, str] | None) -> dict[str, dict]:
+def _module_hints(metadata: dict[str, str] | None) -> dict[str, dict[str, Any]]:
     """Per-module records of lyco's ``lyco_config`` metadata (informational; only DoRA-axis ties use them)."""
     try:
         return json.loads((metadata or {}).get("lyco_config", "{}")).get("modules", {}) or {}
@@ -427,7 +431,7 @@ def _module_from_file(cls: type[AdapterModule], name: str, parts: dict[str, torc
                               f"'{path}' ({shapes}): {type(exc).__name__}: {exc}") from None
 
 
-def read_adapter(path: str | os.PathLike, roots: list[Root]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_adapter(path: str | os.PathLike[str], roots: list[Root]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The kohya/LyCORIS tensors and metadata of an adapter: a kohya/LyCORIS ``.safetensors`` file, a PEFT folder
     (or its weights file) or a diffusers-format LoRA file (their modules named through ``roots``)."""
     p = Path(path)
@@ -470,7 +474,7 @@ def attach(model: nn.Module, config: AdapterConfig | None = None, *, prefix: str
     return build_network([Root(prefix, model)], config, multiplier)
 
 
-def load(path: str | os.PathLike, model: nn.Module, *, prefix: str = "lycoris", multiplier: float = 1.0,
+def load(path: str | os.PathLike[str], model: nn.Module, *, prefix: str = "lycoris", multiplier: float = 1.0,
          strict: bool = True, allow_nonfinite: bool = False) -> Network:
     """Load an adapter onto ``model``: algorithms are detected from the keys, modules rebuilt exactly.
 
@@ -482,7 +486,7 @@ def load(path: str | os.PathLike, model: nn.Module, *, prefix: str = "lycoris", 
                                 allow_nonfinite=allow_nonfinite)
 
 
-def _generic_aliases(prefix: str):
+def _generic_aliases(prefix: str) -> Callable[[str], list[str]]:
     def aliases(path: str) -> list[str]:
         flat = path.replace(".", "_")
         return [f"lycoris_{flat}", f"lora_{flat}"] if prefix != "lycoris" else [f"lora_{flat}"]

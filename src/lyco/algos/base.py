@@ -18,7 +18,7 @@ that take it), and the checks of a module's tensors in a file in :mod:`lyco.algo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Self, cast
 
 import torch
 import torch.nn as nn
@@ -269,7 +269,7 @@ class AdapterModule(nn.Module):
     @classmethod
     def from_file(
         cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str, hints: dict[str, Any]
-    ) -> AdapterModule:
+    ) -> Self:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared helpers for subclasses
@@ -370,7 +370,7 @@ class AdapterModule(nn.Module):
             d = d + self.geom.channel_view(db.to(d.dtype))
         return y + d if m == 1 else y + m * d
 
-    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[Any, list[torch.Tensor]] | None:
+    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> fused.KernelCall | None:
         """A kernel of :mod:`.functional.fused` for ΔW_raw on a Linear layer and the tensors it takes (in x's
         dtype), or None when the algorithm has none for this case."""
         return None

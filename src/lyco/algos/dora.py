@@ -64,7 +64,7 @@ class DoraModule(AdapterModule):
 
     @classmethod
     def _load_dora(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
-                   hints: dict[str, Any]) -> dict[str, bool]:
+                   hints: dict[str, Any]) -> dict[str, Any]:
         """Options and shape check for an optional ``dora_scale``."""
         if "dora_scale" not in tensors:
             return {}

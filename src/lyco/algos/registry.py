@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
+    import torch
+
     from .base import AdapterModule
 
 #: every algorithm module of :mod:`lyco.algos`, in **file detection order**: a module's tensors belong to the
@@ -78,7 +80,7 @@ def detection_order() -> list[type[AdapterModule]]:
     return sorted(_ALGOS.values(), key=_place)
 
 
-def detect(tensors) -> type[AdapterModule] | None:
+def detect(tensors: dict[str, torch.Tensor]) -> type[AdapterModule] | None:
     """The algorithm a module's tensors (part name -> tensor) belong to (first match in ALGORITHM_MODULES order)."""
     for cls in detection_order():
         if cls.detect(tensors):
