@@ -24,7 +24,7 @@ def verbose_requested(flag: bool = False) -> bool:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of the message (not the stream of when it was made)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -47,7 +47,8 @@ class Network(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.adapters = nn.ModuleDict()
+        #: the adapters by file name: an ``nn.ModuleDict`` (so they are submodules), typed as the mapping it is
+        self.adapters = cast("MutableMapping[str, AdapterModule]", nn.ModuleDict())
         self._sites: dict[str, Site] = {}
         self.config: AdapterConfig | None = None
         #: metadata added on save (e.g. ss_base_model_version for SD models)
@@ -64,12 +65,8 @@ class Network(nn.Module):
     def site(self, name: str) -> Site:
         return self._sites[name]
 
-    def _adapter_items(self) -> list[tuple[str, AdapterModule]]:
-        """``adapters`` as (file name, adapter) pairs, typed (the ModuleDict holds AdapterModules only)."""
-        return [(n, cast(AdapterModule, a)) for n, a in self.adapters.items()]
-
     def algo_counts(self) -> dict[str, int]:
-        return dict(Counter(a.algo + ("+dora" if a.dora_axis else "") for _, a in self._adapter_items()))
+        return dict(Counter(a.algo + ("+dora" if a.dora_axis else "") for a in self.adapters.values()))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -174,7 +171,7 @@ class Network(nn.Module):
 
         ``dylora_rank`` truncates DyLoRA modules to that rank (a multiple of their block size)."""
         out: dict[str, torch.Tensor] = {}
-        for name, a in self._adapter_items():
+        for name, a in self.adapters.items():
             exported = a.export_truncated(dylora_rank) if (dylora_rank and a.truncatable) else a.export()
             for part, t in exported.items():
                 out[f"{name}.{part}"] = t
@@ -182,7 +179,7 @@ class Network(nn.Module):
 
     def build_metadata(self, metadata: dict[str, str] | None = None) -> dict[str, str]:
         cfg = self.config
-        adapters = [a for _, a in self._adapter_items()]
+        adapters = list(self.adapters.values())
         algos = sorted({a.algo for a in adapters})
         main = Counter(a.algo for a in adapters).most_common(1)[0][0] if adapters else "lora"
         scaled = [a for a in adapters if a.scaled]
@@ -197,7 +194,7 @@ class Network(nn.Module):
             if cfg.preset:
                 args["preset"] = cfg.preset
             args["algo"] = cfg.algo
-        modules = {n: a.describe() for n, a in self._adapter_items()}
+        modules = {n: a.describe() for n, a in self.adapters.items()}
         meta = {
             "ss_network_module": "lyco.kohya",
             "ss_network_dim": str(dim),

@@ -123,6 +123,7 @@ def _row_from(d: Mapping[str, object], source: str, where: str) -> Row | None:
 
 def load_results(source: ResultsSource) -> Results:
     """Read and check a result table (a CSV path, or rows from memory)."""
+    dicts: Sequence[Mapping[str, object]]
     if isinstance(source, (str, Path)):
         path = Path(source)
         header, dicts = _open_csv(path, "result table")

@@ -114,12 +114,17 @@ class Backbones(_Model):
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
 
 
+_DEFAULT_ENCODERS: tuple[Literal["dino", "clip"], ...] = ("dino",)
+_DEFAULT_RESIZE: tuple[Literal["letterbox", "resize", "center_crop"], ...] = ("letterbox",)
+
+
 class Metrics(_Model):
     names: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     #: encoders for image similarity / SCD / diversity / preservation similarity
-    image_encoders: list[Literal["dino", "clip"]] = Field(default_factory=lambda: ["dino"])
+    image_encoders: list[Literal["dino", "clip"]] = Field(default_factory=lambda: list(_DEFAULT_ENCODERS))
     #: how dataset images are brought to the encoder's square input (generated images are plainly resized)
-    dataset_resize: list[Literal["letterbox", "resize", "center_crop"]] = Field(default_factory=lambda: ["letterbox"])
+    dataset_resize: list[Literal["letterbox", "resize", "center_crop"]] = Field(
+        default_factory=lambda: list(_DEFAULT_RESIZE))
     #: style-loss taps: "relu" (relu1_1…relu5_1, what the paper's numbers are) or "conv" (true pre-activation)
     vgg_taps: Literal["relu", "conv"] = "relu"
     #: replacement table for text similarity: the concepts' own rows, the paper's table (+ concepts'), or none

@@ -140,7 +140,7 @@ def _thumb(path: Path, size: int) -> str:
         scale = size / max(im.size)
         if scale != 1:   # small images are enlarged without smoothing, large ones shrunk smoothly
             im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                           Image.NEAREST if scale > 1 else Image.LANCZOS)
+                           Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

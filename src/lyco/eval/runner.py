@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -103,11 +103,11 @@ def build_plan(cfg: EvalConfig) -> Plan:
     base = variants[0].model
     g = cfg.generation
     side = None if (g.width and g.height) else native_resolution(base)
-    size = (g.width or side, g.height or side)
+    size = cast(tuple[int, int], (g.width or side, g.height or side))  # side is set when either is missing
     settings = settings_dict(g, size[0], size[1])
     memo: dict[tuple, str] = {}
     model_ids = {v.model: model_identity(v.model) for v in variants}
-    plan = Plan(leaves, variants, {}, size, settings)  # type: ignore[arg-type]
+    plan = Plan(leaves, variants, {}, size, settings)
     for v in variants:
         adapter_id = adapter_identity(v.adapter, memo)
         for leaf in plan.leaves_of(v):
@@ -217,7 +217,7 @@ class Backbones:
         if kind not in self._loaded:
             b = self.cfg.backbones
             path = self.cfg.backbone_path(kind)
-            kw = dict(device=self.device, dtype=b.dtype)
+            kw: dict[str, Any] = dict(device=self.device, dtype=b.dtype)
             if kind == "dino":
                 self._loaded[kind] = load_dino(path, image_size=b.image_size, **kw)
             elif kind == "clip":
@@ -387,10 +387,10 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, report: bool = True) -> 
     backbones = Backbones(cfg, bb_device)
     memo: dict[tuple, str] = {}
     needs = feature_needs(cfg, plan)
-    mine = shard_needs(needs, cfg.backbones.batch_size, rank, world)
-    keys, vectors = extract_needs(mine, backbones, cfg, memo, show)
+    my_needs = shard_needs(needs, cfg.backbones.batch_size, rank, world)
+    keys, vectors = extract_needs(my_needs, backbones, cfg, memo, show)
     if world > 1:
-        log.info("process %d/%d: generated %d images, extracted %d features", rank, world, made, len(mine))
+        log.info("process %d/%d: generated %d images, extracted %d features", rank, world, made, len(my_needs))
     gathered = gather_object([(keys, vectors)])
     state.wait_for_everyone()
     if not main:

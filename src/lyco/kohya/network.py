@@ -51,6 +51,10 @@ class LycoKohyaNetwork(nn.Module):
     """The adapters are attached at :meth:`apply_to`.  The state dict has the file's keys (``lora_unet_….lora_down
     .weight``, ``….alpha``), each tensor once, so ``load_state_dict(file_tensors)`` works as sd-scripts expects."""
 
+    # the models, as plain references (set through __dict__ in __init__)
+    _te: Any
+    _unet: nn.Module | None
+
     def __init__(self, config: AdapterConfig | None, multiplier: float, extras: dict[str, Any],
                  text_encoder: Any = None, unet: nn.Module | None = None) -> None:
         super().__init__()

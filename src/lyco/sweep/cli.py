@@ -82,7 +82,8 @@ def _plan(sw: Sweep, ex: ExecutorConfig) -> int:
 
 def _measured(sw: Sweep, manifest: Manifest | None) -> list[str]:
     """Speeds measured by the finished work: seconds per training step (start-up included) and per image."""
-    secs, steps, memo = 0.0, 0, {}
+    secs, steps = 0.0, 0
+    memo: dict[str, int | None] = {}
     for r in sw.runs:
         ends = [e for e in read_attempts(sw.out, r.name) if e.get("event") == "end"]
         if len(ends) == 1 and ends[0].get("state") == "finished":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
@@ -39,7 +39,10 @@ class _Strict(BaseModel):
 class ConfigEntry(_Strict):
     """One configuration: what it changes on the base run, and its labels."""
 
-    id: StrictStr | StrictInt
+    if TYPE_CHECKING:
+        id: str  # what the validator below makes of the input
+    else:
+        id: StrictStr | StrictInt
     label: str = ""
     #: nested tables deep-merged into the base run (TOML dotted keys: ``{ network.dim = 32, train.lr = 1e-4 }``)
     set: dict[str, Any] = Field(default_factory=dict)

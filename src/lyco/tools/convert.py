@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..algos import registry
+from ..algos.base import base_params
 from ..errors import ConfigError, FileFormatError
 from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file
@@ -282,11 +283,11 @@ def ui_safe(tensors: dict[str, torch.Tensor], base_roots: list[Root] | None = No
         net = network_from_tensors(sub, base_roots, source="ui-safe")
         try:
             for name, site in net._sites.items():
-                raw = site.wrapper.raw_layer()
+                W, b = base_params(site.wrapper.raw_layer())
                 a = site.wrapper.adapter
                 with torch.no_grad():
-                    W2, b2 = a.adapted_weight(raw.weight, getattr(raw, "bias", None), 1.0)
-                delta = W2.float() - raw.weight.float()
+                    W2, b2 = a.adapted_weight(W, b, 1.0)
+                delta = W2.float() - W.float()
                 if dora_rank:
                     f = factor(delta, "fixed", dora_rank, svd="full")
                     out.update(f.locon_tensors(name, tuple(delta.shape)))
@@ -361,15 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.to == "kohya":
         meta: dict[str, str] = {}
         src = read_peft(a.input, meta) if Path(a.input).is_dir() else _diffusers_parts(a.input, meta)
+        assert roots is not None  # checked above
         out = peft_to_kohya(src, roots)
         _write_kohya(a.output, out, meta, keep_config=True)
     else:
         tensors, meta = read_file(a.input)
         if a.to == "peft":
+            assert roots is not None  # checked above
             converted = kohya_to_peft(tensors, roots)
             with staged_folder(a.output) as tmp:
                 write_peft(tmp, converted, meta)
         elif a.to == "diffusers":
+            assert roots is not None  # checked above
             write_file(a.output, kohya_to_diffusers(tensors, roots), carried_metadata(meta))
         else:
             out, notes = (rewrite_for(tensors, a.client, roots, a.dora_rank) if a.client

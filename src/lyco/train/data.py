@@ -186,9 +186,9 @@ def scan_dataset(cfg: DatasetConfig) -> DatasetScan:
     ds = DatasetScan(cfg, scans)
     if not ds.items:
         for sc in scans:
-            folder = Path(sc.config.path)
-            why = f"all {len(sc.skipped)} images skipped" if sc.skipped else _files_note(folder)
-            notes.append(f"{folder}: {why}")
+            subset_dir = Path(sc.config.path)
+            why = f"all {len(sc.skipped)} images skipped" if sc.skipped else _files_note(subset_dir)
+            notes.append(f"{subset_dir}: {why}")
         detail = ds.summary() if ds.skipped else ""
         raise ConfigError("the dataset has no usable images; scanned:\n  - " + "\n  - ".join(notes)
                           + (f"\n{detail}" if detail else ""))

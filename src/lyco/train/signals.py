@@ -17,7 +17,7 @@ import torch
 
 from ..errors import LycoError
 
-NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+NAMES: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
 class TrainingInterrupted(LycoError):

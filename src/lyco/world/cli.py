@@ -88,7 +88,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    images, prompts = [], []
+    prompts: list[str] = []
     for p in args.prompt:
         prompts += [p] * args.n
     images = generate(prompts, model=args.model, steps=args.steps, guidance=args.cfg, seed=args.seed)
@@ -98,7 +98,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BOX)) for p in args.images])
+    imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.Resampling.BOX))
+                     for p in args.images])
     spec = K.parse_scene_prompt(args.prompt) if args.prompt else None
     for path, reading in zip(args.images, K.read_images(imgs)):
         line = ", ".join(f"{k}={v}({reading.probs[k][v]:.2f})" for k, v in reading.labels.items())

@@ -80,7 +80,7 @@ def write_tokenizer(folder: str, words: list[str] | None = None) -> int:
     merges = learn_merges(words)
     symbols = list(bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
-    vocab = {}
+    vocab: dict[str, int] = {}
     for tok in vocab_list:
         vocab.setdefault(tok, len(vocab))
     os.makedirs(folder, exist_ok=True)
