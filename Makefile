@@ -1,12 +1,13 @@
 # make test : create .venv if needed, install lyco with its test dependencies, run the test suite
 # make demo : run the end-to-end demo on the embedded default
 # make test-min : a second venv with the lowest versions lyco declares (.ci/min-versions.txt), a test subset
+# make lint : ruff and mypy as configured in pyproject.toml (mypy: strict on lyco.algos, lyco.network, lyco.io)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lyco-installed
 
-.PHONY: test test-slow test-all test-min demo bench clean
+.PHONY: test test-slow test-all test-min lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 -p no:cacheprovider -m slow
@@ -43,4 +48,4 @@ demo: $(STAMP)
 	$(PY) -m lyco demo
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) demo_out build dist src/*.egg-info
+	rm -rf $(VENV) $(MIN_VENV) demo_out build dist src/*.egg-info .mypy_cache .ruff_cache

@@ -24,19 +24,20 @@ import statistics
 import sys
 import tempfile
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+import common
 
-import lyco  # noqa: E402
-import lyco.sd  # noqa: E402
-from lyco.eval.config import EvalConfig  # noqa: E402
-from lyco.eval.generate import DTYPES, run_generation, set_sampler, windows  # noqa: E402
-from lyco.eval.runner import Backbones, build_plan, extract_needs, feature_needs  # noqa: E402
+import lyco
+import lyco.sd
+from lyco.eval.config import EvalConfig
+from lyco.eval.generate import DTYPES, run_generation, set_sampler, windows
+from lyco.eval.runner import Backbones, build_plan, extract_needs, feature_needs
 
 
 def make_inputs(root: Path) -> tuple[Path, Path]:
@@ -78,6 +79,7 @@ def lyco_generate(cfg: EvalConfig, device: torch.device) -> int:
 def plain_generate(cfg: EvalConfig, device: torch.device, out: Path) -> int:
     """The same images with a plain diffusers loop: the same jobs and batches, a generator per image."""
     from diffusers import StableDiffusionPipeline
+
     from lyco.sd.pipelines import resolve_model_path
     plan = build_plan(cfg)   # only for the job list (prompts, seeds, variants); not timed separately
     g = cfg.generation
@@ -183,10 +185,10 @@ def main() -> int:
             cache, plain = root / f"cache{rep}", root / f"plain{rep}"
             plain.mkdir()
             cfg = eval_config(root, data, adapter, cache, images, steps, args.batch, args.device)
-            for name, fn in (("generation lyco", lambda: lyco_generate(cfg, device)),
-                             ("generation plain", lambda: plain_generate(cfg, device, plain)),
-                             ("features lyco", lambda: lyco_features(cfg, device)),
-                             ("features plain", lambda: plain_features(cfg, device, plain))):
+            for name, fn in (("generation lyco", partial(lyco_generate, cfg, device)),
+                             ("generation plain", partial(plain_generate, cfg, device, plain)),
+                             ("features lyco", partial(lyco_features, cfg, device)),
+                             ("features plain", partial(plain_features, cfg, device, plain))):
                 t0 = tick()
                 counts[name] = fn()
                 t[name].append(tick() - t0)
@@ -201,7 +203,8 @@ def main() -> int:
             f"clock: {args.clock}.  Images of the two generation paths differ by at most {worst} (8-bit pixel values).")
     lines = common.header(f"Evaluation throughput ({args.device}{', quick' if args.quick else ''})", args.device,
                           (args.note + "\n\n" if args.note else "") + note)
-    lines += ["| phase | items | lyco (items/s) | plain loop (items/s) | lyco time / plain time |", "|---|---|---|---|---|"]
+    lines += ["| phase | items | lyco (items/s) | plain loop (items/s) | lyco time / plain time |",
+              "|---|---|---|---|---|"]
     for phase in ("generation", "features"):
         a, b = med[f"{phase} lyco"], med[f"{phase} plain"]
         n = counts[f"{phase} lyco"]

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+import common
 
-import lyco  # noqa: E402
-import lyco.sd  # noqa: E402
-from lyco.train import load_config  # noqa: E402
+import lyco
+import lyco.sd
+from lyco.train import load_config
 
 try:  # the public entry point
     from lyco.train import train as lyco_train  # type: ignore[attr-defined]
@@ -100,9 +100,9 @@ def run_trainer(data: Path, tmp: Path, steps: int, clock: str, skip: int, device
 
 def run_loop(data: Path, steps: int, clock: str, skip: int, device: str) -> float:
     """The minimal loop: same model, adapter, batch, optimizer; latents encoded once."""
+    import numpy as np
     from diffusers import DDPMScheduler
     from PIL import Image
-    import numpy as np
     pipe = lyco.sd.load_pipeline("builtin:tiny")
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False).to(device)
@@ -111,7 +111,7 @@ def run_loop(data: Path, steps: int, clock: str, skip: int, device: str) -> floa
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    files = sorted((p for p in data.rglob("*.png")))[:BATCH]
+    files = sorted(p for p in data.rglob("*.png"))[:BATCH]
     pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((RESOLUTION,) * 2),
                                                       dtype="float32")).permute(2, 0, 1) / 127.5 - 1 for f in files])
     with torch.no_grad():
@@ -195,10 +195,12 @@ def main() -> int:
     lines += ["| loop | ms / step (median of runs) | steps/s | runs (ms / step) |", "|---|---|---|---|"]
     for k, v in times.items():
         lines.append(f"| {k} | {med[k] * 1e3:.1f} | {1 / med[k]:.2f} | {', '.join(f'{x * 1e3:.1f}' for x in v)} |")
-    lines += ["", f"**lyco train / hand-written loop: {ratio:.3f}** (overhead {100 * (ratio - 1):+.1f} %, target ≤ +10 %)"]
+    lines += ["", f"**lyco train / hand-written loop: {ratio:.3f}** "
+              f"(overhead {100 * (ratio - 1):+.1f} %, target ≤ +10 %)"]
     if prof:
         lines += ["", "## Where the trainer's time goes (cProfile, cumulative)", "", "```", prof.strip(), "```"]
-    path = common.write_result(f"train-{args.device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n", args.out)
+    path = common.write_result(f"train-{args.device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n",
+                               args.out)
     print("\n".join(lines))
     print(f"\nwrote {path}")
     return 0

@@ -36,10 +36,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+import common
 
-import lyco  # noqa: E402
-import lyco.sd  # noqa: E402
+import lyco
+import lyco.sd
 
 for _name in ("lyco", "LyCORIS", "lycoris", "diffusers", "transformers", "peft"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -226,10 +226,12 @@ def build_group(algo: str, te, unet, amp, preset_file: str, only: set[str]) -> t
     out: dict[str, Contender] = {}
     errors: dict[str, str] = {}
     lyco_net = None
-    for name, make in (("lyco", lambda t, u: attach_lyco(t, u, spec.lyco)),
-                       ("lycoris default", lambda t, u: attach_lycoris(t, u, spec.lycoris, False, preset_file)),
-                       ("lycoris bypass", lambda t, u: attach_lycoris(t, u, spec.lycoris, True, preset_file)),
-                       ("PEFT", lambda t, u: attach_peft(t, u, spec.peft, adapted_names(lyco_net)))):
+    # PEFT adapts the layers lyco adapted: it reads lyco_net, which the first contender sets
+    makers = (("lyco", lambda t, u: attach_lyco(t, u, spec.lyco)),
+              ("lycoris default", lambda t, u: attach_lycoris(t, u, spec.lycoris, False, preset_file)),
+              ("lycoris bypass", lambda t, u: attach_lycoris(t, u, spec.lycoris, True, preset_file)),
+              ("PEFT", lambda t, u: attach_peft(t, u, spec.peft, adapted_names(lyco_net))))
+    for name, make in makers:
         if name not in only or (name == "PEFT" and (spec.peft is None or lyco_net is None)):
             continue
         t, u = share(te), share(unet)
@@ -392,7 +394,8 @@ def main() -> int:
             "inputs, no optimizer). adapter state = trainable parameters + gradients + AdamW state; step peak = "
             "transient memory of one step above what is resident (RSS on CPU, max_memory_allocated on CUDA).")
     lines = common.header(f"Whole-model training step: SD1.5 UNet + CLIP-L text encoder ({device}"
-                          f"{', quick' if args.quick else ''})", device, (args.note + "\n\n" if args.note else "") + note)
+                          f"{', quick' if args.quick else ''})", device,
+                          (args.note + "\n\n" if args.note else "") + note)
     lines += algo_table(results, errors) + targets(results)
     if not args.no_scaling:
         big = make_inputs(latent * 2 if not args.quick else latent, device, torch.float32)

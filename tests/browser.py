@@ -53,7 +53,7 @@ class Browser:
         self.session: str | None = None
 
     # -------------------------------------------------------------------------------------------- process
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         self._profile = tempfile.mkdtemp(prefix="lyco-chromium-")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
@@ -82,7 +82,7 @@ class Browser:
         try:
             self.session = None
             self.call("Browser.close")
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: the browser may already be gone
             pass
         try:
             self.proc.wait(timeout=15)

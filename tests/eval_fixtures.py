@@ -91,9 +91,9 @@ def strong_lora(pipe, path: Path, scale: float = 0.6, seed: int = 1) -> Path:
 def make_world(root: Path, gen_settings: dict) -> dict:
     """Model folder, strong LoRA, backbones, and a dataset = the LoRA's trigger images at the evaluation's seeds
     1000+k (made through lyco's own generation path, so the adapter's <trigger> images *are* the dataset)."""
+    import lyco.sd
     from lyco.eval.config import Generation
     from lyco.eval.generate import ImageJob, generate_jobs, load_variant_pipeline
-    import lyco.sd
 
     write_pipeline(root / "model")
     bb = write_backbones(root / "bb")
@@ -101,7 +101,8 @@ def make_world(root: Path, gen_settings: dict) -> dict:
     pipe = load_variant_pipeline(str(root / "model"), gen, torch.device("cpu"))
     adapter = strong_lora(pipe, root / "lora.safetensors")
     net = lyco.sd.load(pipe, str(adapter))
-    jobs = [ImageJob("x", "x", "trigger", k, TRIGGER_PROMPT, gen.seed_start + k, f"{k:064d}") for k in range(gen.images)]
+    jobs = [ImageJob("x", "x", "trigger", k, TRIGGER_PROMPT, gen.seed_start + k, f"{k:064d}")
+            for k in range(gen.images)]
     generate_jobs(pipe, jobs, gen, root / "tmp", width=gen.width, height=gen.height, device=torch.device("cpu"),
                   progress=False)
     net.detach()

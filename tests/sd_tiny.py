@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -29,7 +29,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def tokenizer_dir() -> str:
     """A folder with a minimal CLIP tokenizer (vocab.json + merges.txt)."""
     d = tempfile.mkdtemp(prefix="lyco-tiny-tok-")
@@ -56,29 +56,37 @@ def tokenizer():
 
 def te_config(hidden=32, layers=2, act="quick_gelu", proj=32):
     from transformers import CLIPTextConfig
-    return CLIPTextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=2, num_hidden_layers=layers,
-                          max_position_embeddings=16, vocab_size=VOCAB, hidden_act=act, projection_dim=proj,
+    return CLIPTextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=2,
+                          num_hidden_layers=layers, max_position_embeddings=16, vocab_size=VOCAB, hidden_act=act,
+                          projection_dim=proj,
                           bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1, pad_token_id=VOCAB - 1)
 
 
 def unet_config(family: str) -> dict:
     base = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
     if family == "sd2":
         base.update(use_linear_projection=True, attention_head_dim=(4, 8))
     if family == "sdxl":
-        base.update(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        base.update(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
                     use_linear_projection=True, transformer_layers_per_block=(1, 2), cross_attention_dim=64,
-                    addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32,
-                    layers_per_block=2)
+                    addition_embed_type="text_time", addition_time_embed_dim=8,
+                    projection_class_embeddings_input_dim=8 * 6 + 32, layers_per_block=2)
     return base
 
 
 def make_pipeline(family: str = "sd1", seed: int = 0, with_tokenizer: bool = True, prediction_type: str = "epsilon"):
     """A tiny pipeline of the given family with seeded random weights."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)

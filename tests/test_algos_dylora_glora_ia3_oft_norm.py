@@ -263,7 +263,8 @@ def test_dylora_trains_random_prefix_with_rank_scale():
         m.zero_grad()
         y = m(x)
         # find which truncation this forward used: it must be exactly base + (alpha/r_j)·up_j·down_j·x
-        matches = [r for r in (2, 4, 6, 8) if torch.allclose(y, base + (4.0 / r) * x @ (up[:, :r] @ down[:r]).T, atol=1e-5)]
+        matches = [r for r in (2, 4, 6, 8)
+                   if torch.allclose(y, base + (4.0 / r) * x @ (up[:, :r] @ down[:r]).T, atol=1e-5)]
         assert len(matches) == 1
         r = matches[0]
         seen.add(r)

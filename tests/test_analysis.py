@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from analysis_fixtures import read_csv, write_csv
 from lyco.analysis import AnalysisOptions, analyze
 from lyco.analysis.effects import Comparison, Effect, comparisons, mean_stderr
 from lyco.analysis.factors import code_factors
@@ -13,8 +14,6 @@ from lyco.analysis.findings import CHECKS, judge
 from lyco.analysis.table import Checkpoint, load_factor_rows
 from lyco.cli import main as lyco_main
 from lyco.errors import ConfigError
-
-from analysis_fixtures import read_csv, write_csv
 
 NO_SHAP = AnalysisOptions(shap=False, report=False)
 IMSIM = ("image_similarity", "dino", "letterbox", "trigger")
@@ -77,7 +76,8 @@ def test_scores_exact_ranks_ties_directions_and_aggregation(study, tmp_path):
         cls = {r["class"]: r for r in rows if r["level"] == "class" and r["checkpoint"] == ck
                and r["metric"] == "image_similarity"}
         assert _num(cls["panda"]["score"]) == pytest.approx((s + 0.5) / 2, abs=1e-15)
-        cat = [r for r in rows if r["level"] == "category" and r["checkpoint"] == ck and r["metric"] == "image_similarity"]
+        cat = [r for r in rows
+               if r["level"] == "category" and r["checkpoint"] == ck and r["metric"] == "image_similarity"]
         assert len(cat) == 1 and _num(cat[0]["score"]) == pytest.approx(0.75 * s + 0.125, abs=1e-15)
         assert _num(cat[0]["value"]) == pytest.approx((BUNNY[(config, seed, epoch)] * 1.5 + 0.4 / 2) / 2)
     base = leaf[("base", "bunny", "", "image_similarity")]
@@ -181,15 +181,18 @@ def test_paper_grid_coding_derived_from_the_grid():
     cap = {c: f.get(c, "capacity") for c in f.configs}
     assert [cap[c] for c in ("1001", "1002", "1003", "1011", "1012", "1023", "1021", "1022", "1031")] == \
         ["0", "1", "1", "0", "1", "-1", "0", "1", ""]
-    assert f.get("1001", "scale") == "0.5" and f.get("1003", "scale") == "0.03125" and f.get("1013", "scale") == "0.0625"
+    assert f.get("1001", "scale") == "0.5" and f.get("1003", "scale") == "0.03125"
+    assert f.get("1013", "scale") == "0.0625"
     assert f.get("1031", "scale") == "" and f.get("1001", "lr") == "0.0005"
     pairs = {(c.config_from, c.config_to, c.factor, c.from_, c.to)
              for c in comparisons(f, [Checkpoint(c, c, "", "") for c in f.configs]) if c.algo == "lora"}
     assert pairs == {("1001", "1002", "capacity", "0", "1"), ("1003", "1002", "scale", "0.03125", "0.5"),
-                     ("1005", "1001", "preset", "attn-only", "attn-mlp"), ("1001", "1004", "preset", "attn-mlp", "full"),
+                     ("1005", "1001", "preset", "attn-only", "attn-mlp"),
+                     ("1001", "1004", "preset", "attn-mlp", "full"),
                      ("1005", "1004", "preset", "attn-only", "full"), ("1006", "1001", "lr", "0.0001", "0.0005"),
                      ("1001", "1008", "lr", "0.0005", "0.001"), ("1006", "1008", "lr", "0.0001", "0.001")}
-    algo = [(c.from_, c.to) for c in comparisons(f, [Checkpoint(c, c, "", "") for c in f.configs]) if c.factor == "algo"]
+    algo = [(c.from_, c.to) for c in comparisons(f, [Checkpoint(c, c, "", "") for c in f.configs])
+            if c.factor == "algo"]
     assert algo == [("full", "loha"), ("full", "lokr"), ("full", "lora"), ("loha", "lokr"), ("loha", "lora"),
                     ("lokr", "lora")]
     assert f.variant_factor("1001") == "" and f.variant_factor("1002") == "capacity"

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import browser
+from analysis_fixtures import GRID, factor_rows, read_csv, study_rows, write_csv
 from lyco.analysis import AnalysisOptions, ShapSettings, analyze
 from lyco.analysis.report import KEYS
 from lyco.eval.report import KEY_FIELDS, fmt
-
-import browser
-from analysis_fixtures import GRID, factor_rows, read_csv, study_rows, write_csv
 
 SMALL = [g for g in GRID if g[0] in ("101", "102", "104", "106", "121", "124", "131", "133")]
 

@@ -10,10 +10,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from lyco.analysis import AnalysisOptions, ShapSettings, analyze
-from lyco.analysis import explain
-
 from analysis_fixtures import GRID, LEAVES, factor_rows, read_csv, study_rows
+from lyco.analysis import AnalysisOptions, ShapSettings, analyze, explain
 
 SMALL = [g for g in GRID if g[0] in ("101", "102", "103", "104", "105", "106", "121", "124", "125", "131", "133")]
 FAST = ShapSettings(holdout=False, threads=1)

@@ -24,7 +24,8 @@ def test_shipped_ids_resolve_to_package_data(name, kind, marker):
 
 
 @pytest.mark.parametrize("name, kind, error, message", [
-    ("builtin:tinyy", "model", builtin.ModelNotFoundError, r"unknown built-in model 'builtin:tinyy' \(did you mean 'tiny'\?\); built-ins: builtin:tiny"),
+    ("builtin:tinyy", "model", builtin.ModelNotFoundError,
+     r"unknown built-in model 'builtin:tinyy' \(did you mean 'tiny'\?\); built-ins: builtin:tiny"),
     ("builtin:clip", "model", builtin.ModelNotFoundError, "'builtin:clip' is a clip backbone, not a model"),
     ("builtin:tiny", "vgg", builtin.BackboneNotFoundError, "'builtin:tiny' is a model, not a vgg backbone"),
     ("builtin:clap", "clip", builtin.BackboneNotFoundError, r"did you mean 'clip'\?"),

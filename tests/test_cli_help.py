@@ -84,8 +84,9 @@ def test_hints_name_command_line_flags(tmp_path, capsys):
     for api, flag in CLI_HINTS.items():
         assert cli_message(FileFormatError(f"x.safetensors: 3 modules unmatched ({api})")).endswith(f"({flag})")
     # a real case: an adapter with one module the model does not have, merged without and with --ignore-unmatched
-    import lyco.sd
     from safetensors.torch import save_file
+
+    import lyco.sd
     pipe = lyco.sd.load_pipeline("builtin:tiny", tokenizer=False)
     net = lyco.sd.attach(pipe, algo="lora", dim=2, preset="attn-only", text_encoder=False)
     tensors = {k: v.contiguous() for k, v in net.state_tensors().items()}
@@ -135,4 +136,5 @@ def test_missing_tokenizer_advice_is_for_the_command_line(monkeypatch, tmp_path)
         resolve_tokenizer("sd1")
     msg = cli_message(exc.value)
     assert "load_single_file" not in msg and "tokenizer=False" not in msg and "=False" not in msg
-    assert "one of two ways:\n  1. environment variable: LYCO_TOKENIZER_PATH=/path/to/folder\n  2. Hugging Face cache" in msg
+    assert ("one of two ways:\n  1. environment variable: LYCO_TOKENIZER_PATH=/path/to/folder\n"
+            "  2. Hugging Face cache") in msg

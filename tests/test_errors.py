@@ -84,7 +84,8 @@ def test_truncated_file(tmp_path):
     assert "trunc.safetensors" in str(e.value) and "truncated" in str(e.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00\x01", b"garbage garbage garbage", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxx"])
+@pytest.mark.parametrize("content", [b"", b"\x00\x01", b"garbage garbage garbage",
+                                     b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxx"])
 def test_corrupt_file(tmp_path, content):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(content)

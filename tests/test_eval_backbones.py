@@ -6,12 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from eval_fixtures import TINY_VGG_WIDTHS, vgg_state_dict, write_clip, write_dino
 from lyco.errors import ConfigError, FileFormatError
 from lyco.eval import backbones as B
 from lyco.eval.features import FeatureCache, extract, feature_key
 from lyco.eval.metrics import functional as F
-
-from eval_fixtures import TINY_VGG_WIDTHS, vgg_state_dict, write_clip, write_dino
 
 
 def _img(w, h, seed=0):

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 from lyco.eval import evaluate
 from lyco.eval.config import EvalConfig
-
-from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
 

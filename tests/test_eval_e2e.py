@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 from lyco.eval import evaluate, load_eval_config
 from lyco.eval.config import EvalConfig
 from lyco.eval.report import fmt, row_key
-
-from eval_fixtures import GEN, TRIGGER_PROMPT, make_world, to_toml
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,8 @@ def outcome(world):
 
 def _value(outcome, checkpoint, metric, ptype, leaf="olis", encoder=None, resize=None):
     rows = [r for r in outcome.rows if r.checkpoint == checkpoint and r.metric == metric and r.prompt_type == ptype
-            and r.class_ == leaf and (encoder is None or r.encoder == encoder) and (resize is None or r.resize == resize)]
+            and r.class_ == leaf and (encoder is None or r.encoder == encoder)
+            and (resize is None or r.resize == resize)]
     assert len(rows) == 1, (checkpoint, metric, ptype, rows)
     return rows[0].value
 
@@ -107,8 +107,8 @@ def test_adapter_fidelity_and_known_effects(outcome):
     assert {("olis", "vendi", t) for t in ("train", "trigger", "alter")} <= metrics
     # rank pool = the two checkpoints; base keeps raw values only
     assert all(math.isnan(r.score) for r in outcome.rows if r.checkpoint == "base")
-    scored = [r.score for r in outcome.rows if r.checkpoint != "base" and r.metric == "scd" and r.prompt_type == "trigger"
-              and r.class_ == "olis"]
+    scored = [r.score for r in outcome.rows
+              if r.checkpoint != "base" and r.metric == "scd" and r.prompt_type == "trigger" and r.class_ == "olis"]
     assert sorted(scored) == [0.0, 0.0, 1.0, 1.0]                              # two resize modes x two checkpoints
     levels = {r.level for r in outcome.aggregates}
     assert levels == {"class", "category"}

@@ -1,4 +1,5 @@
-"""Generation (docs/EVALUATION.md §3): per-image seeds, long-prompt chunks, cache keys, work windows; SD1 and SDXL pipelines."""
+"""Generation (docs/EVALUATION.md §3): per-image seeds, long-prompt chunks, cache keys, work windows; SD1 and SDXL
+pipelines."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +8,16 @@ import torch
 from PIL import Image
 
 from lyco.eval.config import Generation
-from lyco.eval.generate import (ImageJob, chunk_ids, encode_chunked, generate_jobs, job_key, n_chunks, settings_dict,
-                                windows)
-
+from lyco.eval.generate import (
+    ImageJob,
+    chunk_ids,
+    encode_chunked,
+    generate_jobs,
+    job_key,
+    n_chunks,
+    settings_dict,
+    windows,
+)
 from sd_tiny import make_pipeline
 
 LONG = "olis creature, small, top, blue background, outline style"

@@ -57,7 +57,8 @@ def test_leaf_from_dataset_templates_and_files(tmp_path):
     assert sets["train"].prompts == ("whoo anime girl, toid outfit, smile", "whoo anime girl, toid outfit, sitting")
     assert sets["train"].image_prompts()[:11] == [sets["train"].prompts[0]] * 10 + [sets["train"].prompts[1]]
     assert sets["trigger"].prompts == ("whoo anime girl, toid outfit",)
-    assert sets["alter"].prompts[0] == "whoo anime girl, toid outfit selfie standing under the pink blossoms of a cherry tree"
+    assert sets["alter"].prompts[0] == ("whoo anime girl, toid outfit selfie standing under the pink blossoms of a "
+                                        "cherry tree")
     assert sets["style"].prompts[4] == "whoo anime girl, toid outfit in the style of pixel art"
     assert sets["agnostic"].prompts == ("a girl in a park", "a girl on a bench")
     assert "agnostic_class" not in sets

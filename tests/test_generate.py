@@ -10,8 +10,16 @@ from PIL import Image
 import lyco.sd
 from lyco.cli import main
 from lyco.errors import ConfigError
-from lyco.generate import (AdapterSpec, Settings, infotext, parse_adapter, parse_parameters, parse_size, quote,
-                           sampler_name)
+from lyco.generate import (
+    AdapterSpec,
+    Settings,
+    infotext,
+    parse_adapter,
+    parse_parameters,
+    parse_size,
+    quote,
+    sampler_name,
+)
 from lyco.io.files import data_section_sha256
 
 

@@ -57,7 +57,7 @@ def test_delta_norms_are_the_loaded_modules(opts, tmp_path):
     """inspect's ‖ΔW‖ per block is what lyco's own modules compute (ΔW through the algorithm's from_file)."""
     f, net = _saved(tmp_path, **opts)
     info = summarize(str(f))
-    for name, a in net.adapters.items():
+    for name in net.adapters:
         block = info["blocks"][name.split("_")[0]]
         assert block["modules_without_norm"] == 0
     expected = sum(float(a.delta_weight().detach().norm()) ** 2 for a in net.adapters.values()) ** 0.5

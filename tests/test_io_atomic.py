@@ -47,9 +47,8 @@ def _write_adapter(p):
 
 
 def _write_single_file(p):
-    from sd_tiny import make_pipeline
-
     from lyco.sd import save_single_file
+    from sd_tiny import make_pipeline
     save_single_file(make_pipeline("sd1", with_tokenizer=False), p)
 
 

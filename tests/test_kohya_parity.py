@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -42,7 +42,7 @@ def _te(layers: int, projection: bool = False):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
-@lru_cache(maxsize=None)
+@cache
 def models(kind: str):
     """(unet, text encoder(s)) with the real architecture's tree at 1/10 of its widths."""
     torch.manual_seed(0)
@@ -91,7 +91,7 @@ def ours(kind: str, algo: str, dim: int, alpha: float, **args) -> dict[str, tupl
     return dict(_ours(kind, algo, dim, alpha, tuple(sorted(args.items()))))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ours(kind: str, algo: str, dim: int, alpha: float, args: tuple) -> tuple:
     unet, te = models(kind)
     n = kohya.create_network(1.0, dim, alpha, None, te, unet, algo=algo, **dict(args))

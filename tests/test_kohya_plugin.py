@@ -50,7 +50,8 @@ def test_train_network_flow(tmp_path):
     assert meta["ss_network_module"] == "lyco.kohya" and "sshs_model_hash" in meta
 
     fresh = make_pipeline("sd1")
-    net2, sd = kohya.create_network_from_weights(1.0, str(f), fresh.vae, fresh.text_encoder, fresh.unet, for_inference=True)
+    net2, sd = kohya.create_network_from_weights(1.0, str(f), fresh.vae, fresh.text_encoder, fresh.unet,
+                                                 for_inference=True)
     net2.apply_to(fresh.text_encoder, fresh.unet)
     assert np.allclose(generate(fresh), trained, atol=1e-5)
 
@@ -180,7 +181,8 @@ def test_state_dict_has_the_file_keys_once_and_round_trips(tmp_path):
     assert sorted(sd) == sorted(file_tensors)  # each tensor once, under its file key (alpha included)
     assert all(torch.equal(sd[k], file_tensors[k]) for k in sd)
     params = list(n.parameters())
-    assert len({id(p) for p in params}) == len(params) == sum(len(list(a.parameters())) for a in n.net.adapters.values())
+    assert len({id(p) for p in params}) == len(params) == sum(len(list(a.parameters()))
+                                                              for a in n.net.adapters.values())
     y = generate(pipe)
 
     # sd-scripts' gen_img.py: create_network_from_weights -> apply_to -> load_state_dict(weights_sd, False)

@@ -1,7 +1,6 @@
 """PEFT-style case matrix: algorithm × layer × DoRA × Tucker × scalar × rs-LoRA, each behaviour a test."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

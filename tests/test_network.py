@@ -44,7 +44,8 @@ def test_default_targets_every_linear_and_conv():
 
 def test_target_modules_by_block_class():
     net = lyco.attach(ConvNet(), target_modules=["Block"])
-    assert sorted(net.names()) == sorted(f"lycoris_blocks_{i}_{n}" for i in (0, 1) for n in ("to_q", "to_k", "ff_0", "ff_2"))
+    assert sorted(net.names()) == sorted(f"lycoris_blocks_{i}_{n}"
+                                         for i in (0, 1) for n in ("to_q", "to_k", "ff_0", "ff_2"))
 
 
 def test_target_names_regex_and_glob_and_exclude():

@@ -72,9 +72,11 @@ def test_metadata_for_sd(family, version, v2, arch, tmp_path):
     assert meta["ss_base_model_version"] == version and meta["ss_v2"] == v2
     assert meta["modelspec.architecture"] == arch and meta["modelspec.sai_model_spec"] == "1.0.1"
     assert meta["modelspec.resolution"] == "16x16" and meta["modelspec.date"]
-    assert meta["modelspec.implementation"] == ("https://github.com/Stability-AI/generative-models" if family == "sdxl" else "diffusers")
+    assert meta["modelspec.implementation"] == ("https://github.com/Stability-AI/generative-models"
+                                                if family == "sdxl" else "diffusers")
     assert meta["modelspec.title"] == "my_lora" and meta["ss_output_name"] == "my_lora"
-    for k in ("ss_network_dim", "ss_network_alpha", "ss_network_args", "ss_network_module", "sshs_model_hash", "sshs_legacy_hash"):
+    for k in ("ss_network_dim", "ss_network_alpha", "ss_network_args", "ss_network_module", "sshs_model_hash",
+              "sshs_legacy_hash"):
         assert k in meta
     assert json.loads(meta["ss_network_args"])["preset"] == "attn-mlp"
     if family == "sdxl":
@@ -151,7 +153,8 @@ def test_text_encoder_off_and_own_config():
     net = lyco.sd.attach(pipe, algo="lora", text_encoder=False)
     assert all(n.startswith("lora_unet_") for n in net.names())
     net.detach()
-    net = lyco.sd.attach(pipe, lyco.AdapterConfig(algo="loha"), te_config=lyco.AdapterConfig(algo="lora", preset="attn-only"))
+    net = lyco.sd.attach(pipe, lyco.AdapterConfig(algo="loha"),
+                         te_config=lyco.AdapterConfig(algo="lora", preset="attn-only"))
     te = [s.wrapper.adapter.algo for s in net._sites.values() if s.root.prefix == "lora_te"]
     assert set(te) == {"lora"} and len(te) == 2 * 4
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +21,7 @@ def names_file(name: str) -> set[str]:
     return set((DATA / name).read_text().split())
 
 
-@lru_cache(maxsize=None)
+@cache
 def meta_pipe(kind: str):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -32,7 +32,8 @@ def meta_pipe(kind: str):
         te = CLIPTextModel(CLIPTextConfig(**json.loads((folder / "text_encoder" / "config.json").read_text())))
         te2 = None
         if (folder / "text_encoder_2").is_dir():
-            te2 = CLIPTextModelWithProjection(CLIPTextConfig(**json.loads((folder / "text_encoder_2" / "config.json").read_text())))
+            te2_config = json.loads((folder / "text_encoder_2" / "config.json").read_text())
+            te2 = CLIPTextModelWithProjection(CLIPTextConfig(**te2_config))
     sched = SimpleNamespace(config={"prediction_type": "epsilon"})
     return SimpleNamespace(unet=unet, text_encoder=te, text_encoder_2=te2, scheduler=sched, vae=None)
 
@@ -58,7 +59,8 @@ def test_unet_kohya_locon_names(kind, prefix):
     assert got == names_file(f"{prefix}_unet_kohya_conv.txt")
 
 
-@pytest.mark.parametrize("kind,files", [("sd15", {"lora_te": "sd15_te_kohya.txt"}), ("sd21-v", {"lora_te": "sd21_te_kohya.txt"}),
+@pytest.mark.parametrize("kind,files", [("sd15", {"lora_te": "sd15_te_kohya.txt"}),
+                                        ("sd21-v", {"lora_te": "sd21_te_kohya.txt"}),
                                         ("sdxl", {"lora_te1": "sdxl_te1_kohya.txt", "lora_te2": "sdxl_te2_kohya.txt"})])
 def test_text_encoder_names(kind, files):
     got = target_names(kind, text_encoder=True, preset="kohya")
@@ -76,7 +78,8 @@ def test_lycoris_presets_sd15(preset, fname):
 
 def test_full_preset_sd15_and_sdxl():
     full = target_names("sd15", preset="full")["lora_unet"]
-    extra = {"lora_unet_conv_in", "lora_unet_conv_out", "lora_unet_time_embedding_linear_1", "lora_unet_time_embedding_linear_2"}
+    extra = {"lora_unet_conv_in", "lora_unet_conv_out", "lora_unet_time_embedding_linear_1",
+             "lora_unet_time_embedding_linear_2"}
     assert full == names_file("sd15_unet_kohya_conv.txt") | extra and len(full) == 282
     assert target_names("sdxl", preset="full")["lora_unet"] == names_file("sdxl_unet_kohya_conv.txt")
 
@@ -101,4 +104,5 @@ def test_sdxl_names_never_mix_layouts():
     got = target_names("sdxl", preset="full")["lora_unet"]
     assert not any(n.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_mid_block")) for n in got)
     sd15 = target_names("sd15", preset="full")["lora_unet"]
-    assert not any(n.startswith(("lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle_block")) for n in sd15)
+    assert not any(n.startswith(("lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle_block"))
+                   for n in sd15)

@@ -12,10 +12,23 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lyco.errors import FileFormatError, MissingTokenizerError
-from lyco.sd.ldm_convert import (TEXT_PREFIXES, fit_problems, text_encoder_class, text_encoder_weights,
-                                 unet_weights, vae_weights)
-from lyco.sd.single_file import (detect_family, inspect_checkpoint, load_single_file, resolve_prediction_type,
-                                 save_single_file, shipped_config_dir, to_ldm_state_dict)
+from lyco.sd.ldm_convert import (
+    TEXT_PREFIXES,
+    fit_problems,
+    text_encoder_class,
+    text_encoder_weights,
+    unet_weights,
+    vae_weights,
+)
+from lyco.sd.single_file import (
+    detect_family,
+    inspect_checkpoint,
+    load_single_file,
+    resolve_prediction_type,
+    save_single_file,
+    shipped_config_dir,
+    to_ldm_state_dict,
+)
 from lyco.sd.tokenizers import resolve_tokenizer
 from sd_tiny import FAMILIES, generate, make_pipeline, tokenizer_dir
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +98,13 @@ def measure_backbones() -> dict:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def measured() -> dict:
     torch.manual_seed(0)
     return {**measure_tiny(), **measure_backbones()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def reference() -> dict:
     return json.loads(REFERENCE.read_text())
 

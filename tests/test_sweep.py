@@ -22,8 +22,19 @@ from lyco.sweep.manifest import Manifest
 from lyco.sweep.plan import estimate, plan_text
 from lyco.sweep.spec import load_sweep
 from lyco.sweep.stages import factors_csv, train_stage
-from lyco.sweep.state import (CHANGED, FINISHED, INTERRUPTED, MISSING, PARTIAL, PENDING, RUNNING, run_state,
-                              train_args, try_lock, write_run_config)
+from lyco.sweep.state import (
+    CHANGED,
+    FINISHED,
+    INTERRUPTED,
+    MISSING,
+    PARTIAL,
+    PENDING,
+    RUNNING,
+    run_state,
+    train_args,
+    try_lock,
+    write_run_config,
+)
 from lyco.sweep.tomlw import dumps
 from lyco.train.checkpoint import MARKER
 from lyco.train.outputs import write_finished
@@ -210,7 +221,8 @@ def test_plan_microworld_example(tmp_path, monkeypatch):
     varies = {(c.factors["algo"], c.varies) for c in sw.configs}
     for algo in ("lora", "loha", "lokr", "full"):
         assert {(algo, ""), (algo, "lr"), (algo, "preset")} <= varies
-    assert {("lora", "capacity"), ("lora", "capacity+alpha"), ("loha", "capacity+alpha"), ("lokr", "capacity")} <= varies
+    assert {("lora", "capacity"), ("lora", "capacity+alpha"), ("loha", "capacity+alpha"),
+            ("lokr", "capacity")} <= varies
     assert [Path(f).name for f in folders] == ["olis", "adl", "pgs", "kro"]
     assert "42 runs" in text and "total" in text
     minutes = float(text.split("total      ≈ ")[1].split(" min")[0])

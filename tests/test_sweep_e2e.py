@@ -129,10 +129,11 @@ def test_sweep_ends_with_the_analysis(reference):
     assert {k: Path(v).name for k, v in stage["files"].items() if k in ("scores", "effects", "findings", "report")} \
         == {"scores": "scores.csv", "effects": "effects.csv", "findings": "findings.csv", "report": "report.html"}
     rows = read_csv(out / "scores.csv")
-    assert {r["checkpoint"] for r in rows if r["level"] == "category" and r["score"] != "nan"} == {f"{c}-s{s}-e{e}" for c in "ab"
-                                                                          for s in (1, 2) for e in (1, 2)}
+    scored = {r["checkpoint"] for r in rows if r["level"] == "category" and r["score"] != "nan"}
+    assert scored == {f"{c}-s{s}-e{e}" for c in "ab" for s in (1, 2) for e in (1, 2)}
     effects = read_csv(out / "effects.csv")
-    cap = {(r["algo"], r["from"], r["to"], r["config_from"], r["config_to"]) for r in effects if r["factor"] == "capacity"}
+    cap = {(r["algo"], r["from"], r["to"], r["config_from"], r["config_to"]) for r in effects
+           if r["factor"] == "capacity"}
     assert cap == {("lora", "2", "3", "a", "b")}                          # b = a with twice the dim (same scale)
     assert {r["factor"] for r in effects} == {"capacity", "epoch"}
     findings = read_csv(out / "findings.csv")

@@ -149,7 +149,7 @@ def test_extract_recovers_planted_delta(tmp_path):
     base, tuned, deltas = _planted(rank=3)
     net, rep = extract(base, tuned, str(tmp_path / "e.safetensors"), linear_dim=3, conv_dim=3, dtype=None,
                        full_when_cheaper=False)
-    assert all(l.rank == 3 for l in rep.layers) and rep.overall_rel_error < 1e-4
+    assert all(x.rank == 3 for x in rep.layers) and rep.overall_rel_error < 1e-4
     for name, d in deltas.items():
         a = net.adapters[f"lycoris_{name}"]
         assert ((a.delta_weight() - d).norm() / d.norm()) < 1e-4
@@ -166,7 +166,7 @@ def test_extract_rank_modes_pick_true_rank(mode, param, tmp_path):
     base, tuned, _ = _planted(rank=5)
     _, rep = extract(base, tuned, None, mode=mode, linear_threshold=param, conv_threshold=param, linear_ratio=param,
                      conv_ratio=param, linear_quantile=param, conv_quantile=param, full_when_cheaper=False)
-    assert [l.rank for l in rep.layers] == [5, 5]
+    assert [x.rank for x in rep.layers] == [5, 5]
 
 
 def test_select_rank_on_planted_spectrum():
@@ -181,7 +181,7 @@ def test_select_rank_on_planted_spectrum():
 def test_extract_tucker_and_sd(tmp_path):
     base, tuned, deltas = _planted(rank=2)
     net, rep = extract(base, tuned, None, linear_dim=2, conv_dim=2, use_tucker=True, full_when_cheaper=False)
-    kinds = {l.name: l.kind for l in rep.layers}
+    kinds = {x.name: x.kind for x in rep.layers}
     assert kinds == {"lycoris_0": "locon", "lycoris_2": "tucker"}
     net.detach()
     p0, p1 = make_pipeline("sd1"), make_pipeline("sd1")

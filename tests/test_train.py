@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import lyco
+from helpers import free_port, toml_dumps
 from lyco.train.buckets import assign, make_buckets, plan_epoch
 from lyco.train.config import BucketConfig, load_train_config
 from lyco.train.data import process_caption, scan_dataset
-from helpers import free_port, toml_dumps
 from train_fixtures import base_config, child_env, image_folder, tiny_model_dir
 
 DRIVER = Path(__file__).parent / "train_driver.py"
@@ -60,7 +60,8 @@ def test_config_cross_field_checks(tmp_path):
                           "datasets": [{"folders": ["a"]}]})
     assert "exactly one of train.steps and train.epochs" in str(e.value)
     with pytest.raises(lyco.ConfigError) as e:
-        load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1}, "datasets": [{"folders": ["a"], "resolution": 100}]})
+        load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1},
+                                "datasets": [{"folders": ["a"], "resolution": 100}]})
     assert "resolution" in str(e.value) and "bucket.step" in str(e.value)
 
 
@@ -169,7 +170,8 @@ def test_bad_images_are_skipped_and_listed_or_converted(tmp_path):
     names = sorted(it.path.name for it in scan.items)
     assert names == ["alpha.png", "cmyk.jpg", "deep.png", "good.png"]
     skipped = {s.path.name: s.reason for s in scan.skipped}
-    assert "0 bytes" in skipped["empty.png"] and "unreadable" in skipped["corrupt.png"] and "too small" in skipped["tiny.png"]
+    assert "0 bytes" in skipped["empty.png"] and "unreadable" in skipped["corrupt.png"]
+    assert "too small" in skipped["tiny.png"]
     summary = scan.summary()
     assert "empty.png" in summary and "converted" in summary and "3 skipped" in summary
     conv = scan.subsets[0].converted
@@ -206,7 +208,8 @@ def test_kohya_folder_repeats_and_balancing(tmp_path):
     cfg = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1},
                             "datasets": [{"folders": [str(tmp_path / "data")]}]})
     scan = scan_dataset(cfg.datasets[0])
-    assert [(s.name, s.repeats, s.config.trigger) for s in scan.subsets] == [("10_abc thing", 10, "abc thing"), ("2_def thing", 2, "def thing")]
+    assert [(s.name, s.repeats, s.config.trigger) for s in scan.subsets] == [("10_abc thing", 10, "abc thing"),
+                                                                             ("2_def thing", 2, "def thing")]
     assert len(scan.epoch_indices()) == 4 * 10 + 8 * 2
     cfg2 = load_train_config(data={"model": {"base": "x"}, "train": {"steps": 1},
                              "datasets": [{"folders": [str(tmp_path / "data")], "balance_classes": True}]})
@@ -417,8 +420,9 @@ def test_ddp_two_processes_equal_one_process(model_dir, tmp_path):
     p = tmp_path / "two" / "cfg.toml"
     _write_toml(p, two)
     env = child_env()
-    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                         "-m", "lyco", "train", str(p)], capture_output=True, text=True, env=env, timeout=600)
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_port", str(free_port()), "-m", "lyco", "train", str(p)],
+                        capture_output=True, text=True, env=env, timeout=600)
     assert r2.returncode == 0, r2.stderr[-4000:]
     assert "2 processes" in r2.stderr
     fa = load_file(str(tmp_path / "one" / "run" / "t.safetensors"))

@@ -135,8 +135,8 @@ def test_interrupt_right_after_a_state_does_not_write_another(model_dir, tmp_pat
 
 def test_second_ctrl_c_aborts_at_once_without_traceback(model_dir, tmp_path, capfd, monkeypatch):
     import lyco.train.cli
-    from lyco.train.cli import main
     from helpers import toml_dumps
+    from lyco.train.cli import main
     monkeypatch.setattr(lyco.train.cli, "configure_output", lambda verbose: None)  # keep this process's logging
     data = image_folder(tmp_path)
     cfg = base_config(tmp_path, model_dir, data, **{"train.steps": 4, "save.state_every_n_steps": 2})
@@ -173,8 +173,10 @@ def test_resume_from_a_missing_state_path_is_an_error_before_anything_runs(tmp_p
 @pytest.mark.parametrize("tty", [True, False])
 def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(tty, tmp_path, monkeypatch, caplog):
     import sys
-    import torch
     from types import SimpleNamespace
+
+    import torch
+
     from lyco.train.log import RunLog
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
     acc = SimpleNamespace(is_main_process=True, is_local_main_process=True, num_processes=1,

@@ -12,12 +12,20 @@ Public API::
 """
 from ._version import __version__
 from .config import AdapterConfig
-from .errors import (ConfigError, FileFormatError, LycoError, MissingTokenizerError, StateError, TargetError,
-                     TrainingError)
+from .errors import (
+    ConfigError,
+    FileFormatError,
+    LycoError,
+    MissingTokenizerError,
+    StateError,
+    TargetError,
+    TrainingError,
+)
 from .network import Network, attach, load
 
 __all__ = [
     "AdapterConfig", "Network", "attach", "load",
-    "LycoError", "ConfigError", "TargetError", "FileFormatError", "StateError", "MissingTokenizerError", "TrainingError",
+    "LycoError", "ConfigError", "TargetError", "FileFormatError", "StateError", "MissingTokenizerError",
+    "TrainingError",
     "__version__",
 ]

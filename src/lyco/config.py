@@ -1,9 +1,19 @@
 """``AdapterConfig``: what to adapt and how.  Field names follow LyCORIS's ``network_args``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .algos import registry
 from .algos.options import AlgoOptions
@@ -29,9 +39,11 @@ class AdapterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     algo: str = "lora"
-    dim: StrictInt = Field(4, ge=1, description="rank for Linear layers and 1x1 convs (LoKr: rank of the low-rank factor)")
+    dim: StrictInt = Field(4, ge=1,
+                           description="rank for Linear layers and 1x1 convs (LoKr: rank of the low-rank factor)")
     alpha: float | None = Field(1.0, ge=0, description="scale = alpha/dim; None or 0 means alpha = dim")
-    conv_dim: StrictInt | None = Field(None, ge=0, description="rank for convs with a kernel > 1; None = dim, 0 = skip them")
+    conv_dim: StrictInt | None = Field(None, ge=0,
+                                       description="rank for convs with a kernel > 1; None = dim, 0 = skip them")
     conv_alpha: float | None = Field(None, ge=0, description="alpha for convs with a kernel > 1; None = alpha")
     use_tucker: StrictBool = False
     use_scalar: StrictBool = False
@@ -82,7 +94,7 @@ class AdapterConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _overrides(self) -> "AdapterConfig":
+    def _overrides(self) -> AdapterConfig:
         for map_name in ("module_algo_map", "name_algo_map"):
             for key, over in getattr(self, map_name).items():
                 if not isinstance(over, dict):
@@ -102,7 +114,7 @@ class AdapterConfig(BaseModel):
         """The algorithm options (the keys an override may change)."""
         return {k: getattr(self, k) for k in OVERRIDE_KEYS}
 
-    def with_overrides(self, *overrides: dict[str, Any]) -> dict[str, Any]:
+    def with_overrides(self, *overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Option dict after applying overrides in order (a ``dim`` override also sets ``conv_dim``, etc.)."""
         opts = self.option_dict()
         for over in overrides:
@@ -130,7 +142,7 @@ class AdapterConfig(BaseModel):
         return AlgoOptions(**fields)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "") -> "AdapterConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> AdapterConfig:
         try:
             return cls(**data)
         except ConfigError as exc:

@@ -24,8 +24,8 @@ def verbose_requested(flag: bool = False) -> bool:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of the message (not the stream of when it was made)."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
+    @property
+    def stream(self):
         return sys.stderr
 
     @stream.setter

@@ -1,6 +1,6 @@
 """``lyco demo``: fine-tune the embedded ``builtin:tiny`` model on a held-out micro-world concept with LoRA, measure
-that it learned it and end with the paper's evaluation of base vs tuned (HTML report); ``lyco demo --toy``: several algorithms on a toy model, with a table of parameter
-counts, file sizes and losses."""
+that it learned it and end with the paper's evaluation of base vs tuned (HTML report); ``lyco demo --toy``: several
+algorithms on a toy model, with a table of parameter counts, file sizes and losses."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +22,7 @@ from .train.config import load_train_config
 from .world.checks import concept_scores
 from .world.sampling import generate
 
-VARIANTS = [
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("lora", dict(algo="lora", dim=8, alpha=8.0)),
     ("locon-tucker", dict(algo="locon", dim=8, alpha=8.0, use_tucker=True)),
     ("loha", dict(algo="loha", dim=4, alpha=4.0)),
@@ -127,7 +127,7 @@ def world_demo(out_dir: str, steps: int | None = None, n_eval: int = 16, eval_im
     net.detach()
     grid = np.concatenate([np.concatenate(list(before[:8]), 1), np.concatenate(list(after[:8]), 1)], 0)
     grid_path = out / "before_after.png"
-    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(grid_path)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST).save(grid_path)
     sb, sa = concept_scores(before, "olis"), concept_scores(after, "olis")
     result = {"dataset": data, "images": info.n_images, "adapter": final, "samples": final.parent / "samples",
               "grid": grid_path, "before": float(np.mean(sb)), "after": float(np.mean(sa)),
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 def toy_main(steps: int, out: str) -> int:
     logging.getLogger("lyco").setLevel(logging.WARNING)
     rows = run(steps, out_dir=out)
-    head = f"{'algorithm':<14}{'modules':>8}{'params':>10}{'file (fp16)':>13}{'loss before':>13}{'loss after':>12}{'reload err(fp16)':>18}{'train s':>9}"
+    head = (f"{'algorithm':<14}{'modules':>8}{'params':>10}{'file (fp16)':>13}{'loss before':>13}{'loss after':>12}"
+            f"{'reload err(fp16)':>18}{'train s':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:

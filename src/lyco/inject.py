@@ -98,7 +98,7 @@ class _Matcher:
     def __init__(self, patterns: list[str], use_fnmatch: bool) -> None:
         self.patterns = list(patterns)
         self.fn = use_fnmatch
-        self.compiled = []
+        self.compiled: list[str | re.Pattern[str]] = []
         for p in self.patterns:
             if use_fnmatch:
                 self.compiled.append(p)
@@ -112,7 +112,7 @@ class _Matcher:
 
     def first(self, path: str) -> str | None:
         for p, c in zip(self.patterns, self.compiled):
-            if path == p or (fnmatch.fnmatchcase(path, c) if self.fn else c.match(path)):
+            if path == p or (fnmatch.fnmatchcase(path, c) if isinstance(c, str) else c.match(path)):
                 self.hits.add(p)
                 return p
         return None
@@ -160,7 +160,6 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
                 continue
             if not (everything or in_block or direct):
                 continue
-            direct_by_name = lambda p: bool(p) and names.first(p) is not None  # noqa: E731
             geom = Geometry.from_module(layer_of(mod), path)
             overs = [mam[c] for c in anc_classes + [own_class] if c in mam]
             pat = overrides_by_name.first(path) if path else None
@@ -171,13 +170,14 @@ def select_targets(roots: list[Root], config: AdapterConfig) -> list[Target]:
                 opts = AlgoOptions(**{k: v for k, v in opts_dict.items() if k in AlgoOptions.field_names()})
                 opts = opts.replace(algo=registry.for_layer_kind("norm").algo, dora_wd=False, dropout=0.0)
             else:
-                if geom.has_spatial_kernel and not sel.enable_conv and not direct_by_name(path):
+                if geom.has_spatial_kernel and not sel.enable_conv and not (path and names.first(path) is not None):
                     continue
-                opts = AdapterConfig.module_options(opts_dict, geom.has_spatial_kernel)
-                if opts is None:
+                module_opts = AdapterConfig.module_options(opts_dict, geom.has_spatial_kernel)
+                if module_opts is None:
                     continue
+                opts = module_opts
             parent_path, _, attr = path.rpartition(".")
-            parent = root.module.get_submodule(parent_path) if path else None
+            parent = root.module.get_submodule(parent_path)
             out.append(Target(root, path, mod, parent, attr, root.name(path), geom, opts, anc_classes + [own_class]))
         for p in names.patterns:
             if p not in names.hits and p not in nam:

@@ -7,6 +7,8 @@ holds exactly one adapter.  Attribute reads the wrapper does not know (``in_feat
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -36,7 +38,7 @@ class LycoLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.raw_layer().weight
+        return cast(torch.Tensor, self.raw_layer().weight)
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -72,7 +74,7 @@ class LycoLayer(nn.Module):
         return a.geom.standard and weight_expressible(self.base_layer)
 
     # ------------------------------------------------------------------ merge
-    def chain_below(self) -> list["LycoLayer"]:
+    def chain_below(self) -> list[LycoLayer]:
         out = []
         m = self.base_layer
         while isinstance(m, LycoLayer):
@@ -95,7 +97,7 @@ class LycoLayer(nn.Module):
             raise StateError(f"cannot merge {self.adapter.name} into a {type(raw).__name__}: only plain Linear/Conv "
                              "weights can be merged; keep the adapter active instead")
         a = self.adapter
-        W, b = raw.weight, getattr(raw, "bias", None)
+        W, b = cast(torch.Tensor, raw.weight), getattr(raw, "bias", None)
         W2, b2 = a.adapted_weight(W, b, a.multiplier)
         self._merge_backup = (W.detach().clone(), None if b is None else b.detach().clone())
         W.copy_(W2)
@@ -108,10 +110,11 @@ class LycoLayer(nn.Module):
         if not self.merged:
             return
         raw = self.raw_layer()
+        assert self._merge_backup is not None  # merge() keeps it
         W0, b0 = self._merge_backup
-        raw.weight.copy_(W0)
+        cast(torch.Tensor, raw.weight).copy_(W0)
         if b0 is not None:
-            raw.bias.copy_(b0)
+            cast(torch.Tensor, raw.bias).copy_(b0)
         self._merge_backup = None
         self.merged = False
 

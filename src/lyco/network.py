@@ -5,9 +5,10 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,7 @@ from .algos.geometry import Geometry
 from .algos.options import AlgoOptions
 from .config import AdapterConfig
 from .errors import ConfigError, FileFormatError, LycoError, StateError, short_list
-from .inject import Root, Target, layer_of, select_targets, walk, is_adaptable_layer, is_norm_layer
+from .inject import Root, Target, is_adaptable_layer, is_norm_layer, layer_of, select_targets, walk
 from .io import peft as peft_io
 from .io.files import model_hashes, read_file, write_file
 from .layer import LycoLayer, chain
@@ -46,7 +47,8 @@ class Network(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.adapters = nn.ModuleDict()
+        #: the adapters by file name: an ``nn.ModuleDict`` (so they are submodules), typed as the mapping it is
+        self.adapters = cast("MutableMapping[str, AdapterModule]", nn.ModuleDict())
         self._sites: dict[str, Site] = {}
         self.config: AdapterConfig | None = None
         #: metadata added on save (e.g. ss_base_model_version for SD models)
@@ -217,7 +219,7 @@ class Network(nn.Module):
             meta.update(metadata)
         return meta
 
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
+    def save(self, path: str | os.PathLike[str], dtype: torch.dtype | None = None,
              metadata: dict[str, str] | None = None, dylora_rank: int | None = None) -> str:
         """Write a kohya/LyCORIS ``.safetensors`` file.  ``dtype`` None keeps fp32 (lossless).
 
@@ -377,7 +379,8 @@ def network_from_tensors(
                     source, len(ignored))
     problems = []
     if unmatched:
-        problems.append(f"{len(unmatched)} module names have no matching layer in the model: {short_list(sorted(unmatched))}")
+        problems.append(f"{len(unmatched)} module names have no matching layer in the model: "
+                        f"{short_list(sorted(unmatched))}")
     if unknown_parts:
         problems.append(f"unknown keys: {short_list(unknown_parts)}")
     if not made:
@@ -390,13 +393,13 @@ def network_from_tensors(
             raise FileFormatError(msg + " (pass strict=False to load the rest)")
         log.warning("lyco: %s", msg)
     net = Network()
-    for t, adapter in made:
-        _install(net, t, adapter, multiplier)
+    for target, adapter in made:
+        _install(net, target, adapter, multiplier)
     net.attached = True
     return net
 
 
-def _module_hints(metadata: dict[str, str] | None) -> dict[str, dict]:
+def _module_hints(metadata: dict[str, str] | None) -> dict[str, dict[str, Any]]:
     """Per-module records of lyco's ``lyco_config`` metadata (informational; only DoRA-axis ties use them)."""
     try:
         return json.loads((metadata or {}).get("lyco_config", "{}")).get("modules", {}) or {}
@@ -425,7 +428,7 @@ def _module_from_file(cls: type[AdapterModule], name: str, parts: dict[str, torc
                               f"'{path}' ({shapes}): {type(exc).__name__}: {exc}") from None
 
 
-def read_adapter(path: str | os.PathLike, roots: list[Root]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_adapter(path: str | os.PathLike[str], roots: list[Root]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The kohya/LyCORIS tensors and metadata of an adapter: a kohya/LyCORIS ``.safetensors`` file, a PEFT folder
     (or its weights file) or a diffusers-format LoRA file (their modules named through ``roots``)."""
     p = Path(path)
@@ -468,7 +471,7 @@ def attach(model: nn.Module, config: AdapterConfig | None = None, *, prefix: str
     return build_network([Root(prefix, model)], config, multiplier)
 
 
-def load(path: str | os.PathLike, model: nn.Module, *, prefix: str = "lycoris", multiplier: float = 1.0,
+def load(path: str | os.PathLike[str], model: nn.Module, *, prefix: str = "lycoris", multiplier: float = 1.0,
          strict: bool = True, allow_nonfinite: bool = False) -> Network:
     """Load an adapter onto ``model``: algorithms are detected from the keys, modules rebuilt exactly.
 
@@ -480,7 +483,7 @@ def load(path: str | os.PathLike, model: nn.Module, *, prefix: str = "lycoris", 
                                 allow_nonfinite=allow_nonfinite)
 
 
-def _generic_aliases(prefix: str):
+def _generic_aliases(prefix: str) -> Callable[[str], list[str]]:
     def aliases(path: str) -> list[str]:
         flat = path.replace(".", "_")
         return [f"lycoris_{flat}", f"lora_{flat}"] if prefix != "lycoris" else [f"lora_{flat}"]

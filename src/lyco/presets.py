@@ -7,10 +7,11 @@ preset TOML files: ``unet_target_module``, ``unet_target_name``, ``text_encoder_
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .config import AdapterConfig
 from .errors import ConfigError, did_you_mean
@@ -67,16 +68,17 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
     "kohya-conv": _p("kohya-conv", unet_target_module=TRANSFORMER + CONV_BLOCKS, text_encoder_target_module=TE_BLOCKS),
     "full": _p("full", unet_target_module=TRANSFORMER + CONV_BLOCKS, unet_target_name=FULL_EXTRA_NAMES,
                text_encoder_target_module=TE_BLOCKS, unet_target_name_sdxl=()),
-    "full-lin": _p("full-lin", unet_target_module=TRANSFORMER + ("ResnetBlock2D",), unet_target_name=FULL_EXTRA_NAMES[2:],
-                   text_encoder_target_module=TE_BLOCKS, enable_conv=False, unet_target_name_sdxl=()),
+    "full-lin": _p("full-lin", unet_target_module=TRANSFORMER + ("ResnetBlock2D",),
+                   unet_target_name=FULL_EXTRA_NAMES[2:], text_encoder_target_module=TE_BLOCKS, enable_conv=False,
+                   unet_target_name_sdxl=()),
     "attn-mlp": _p("attn-mlp", unet_target_module=TRANSFORMER, unet_target_name=FULL_EXTRA_NAMES[2:],
                    text_encoder_target_module=TE_BLOCKS, enable_conv=False, unet_target_name_sdxl=()),
     "attn-only": _p("attn-only", unet_target_name=ATTN_UNET_NAMES, text_encoder_target_name=ATTN_TE_NAMES,
                     enable_conv=False),
     "unet-transformer-only": _p("unet-transformer-only", unet_target_module=TRANSFORMER,
                                 unet_target_name=FULL_EXTRA_NAMES[2:], enable_conv=False, unet_target_name_sdxl=()),
-    "unet-convblock-only": _p("unet-convblock-only", unet_target_module=CONV_BLOCKS, unet_target_name=FULL_EXTRA_NAMES[:2],
-                              unet_target_name_sdxl=()),
+    "unet-convblock-only": _p("unet-convblock-only", unet_target_module=CONV_BLOCKS,
+                              unet_target_name=FULL_EXTRA_NAMES[:2], unet_target_name_sdxl=()),
     "ia3": _p("ia3", unet_target_name=(r".*attn[12]\.(to_k|to_v)$", r".*ff\.net\.2$"),
               text_encoder_target_name=(r".*self_attn\.(k_proj|v_proj)$", r".*mlp\.fc2$"),
               enable_conv=False,
@@ -94,13 +96,15 @@ def load_preset_file(path: str | Path) -> Preset:
     try:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"preset {str(path)!r} is neither a preset name ({', '.join(preset_names())}) nor a file") from None
+        raise ConfigError(f"preset {str(path)!r} is neither a preset name ({', '.join(preset_names())}) "
+                          "nor a file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML ({exc})") from None
     kw: dict[str, Any] = {}
     for k, v in data.items():
         if k not in _PRESET_KEYS:
-            raise ConfigError(f"{p}: unknown preset key {k!r}{did_you_mean(k, _PRESET_KEYS)}; valid: {', '.join(_PRESET_KEYS)}")
+            raise ConfigError(f"{p}: unknown preset key {k!r}{did_you_mean(k, _PRESET_KEYS)}; "
+                              f"valid: {', '.join(_PRESET_KEYS)}")
         if k in ("module_algo_map", "name_algo_map"):
             AdapterConfig(**{k: v})  # validate option names and values
             kw[k] = MappingProxyType({kk: MappingProxyType(dict(vv)) for kk, vv in v.items()})

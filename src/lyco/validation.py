@@ -1,7 +1,8 @@
 """One readable message for a pydantic ``ValidationError`` (every lyco config: adapter, trainer, evaluation)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 

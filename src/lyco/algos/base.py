@@ -12,19 +12,20 @@ Algorithms implement a handful of hooks (``delta_raw``, ``apply_raw``, ``lowrank
 ``export``, ``from_file``, ``detect``), declare their capabilities as class attributes (``layer_kinds``,
 ``stochastic_graph``, ``truncatable``, ``support`` ...) and register themselves in :mod:`lyco.algos.registry`.
 Everything the rest of lyco needs to know about an algorithm is asked of its class; see
-``docs/adding-an-algorithm.md``.
+``docs/adding-an-algorithm.md``.  DoRA lives on :class:`~lyco.algos.dora.DoraModule` (the base of the algorithms
+that take it), and the checks of a module's tensors in a file in :mod:`lyco.algos.parts`.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError, FileFormatError
-from .functional import dora as dora_f
+from ..errors import ConfigError
+from . import parts as part_checks
 from .functional import fused
 from .functional.common import rank_dropout_mask
 from .geometry import Geometry
@@ -38,20 +39,16 @@ def base_params(base: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The (effective) weight and bias of the module below an adapter."""
     fn = getattr(base, "effective_params", None)
     if callable(fn):
-        return fn()
-    return base.weight, getattr(base, "bias", None)
+        return cast(tuple[torch.Tensor, torch.Tensor | None], fn())
+    return cast(torch.Tensor, base.weight), getattr(base, "bias", None)
 
 
 def weight_expressible(base: nn.Module) -> bool:
     """Whether ``op(x, base_weight(base), base_bias(base))`` equals ``base(x)`` exactly."""
     fn = getattr(base, "weight_expressible", None)
     if callable(fn):
-        return fn()
+        return cast(bool, fn())
     return type(base) in STANDARD_LAYERS
-
-
-def _kind(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).replace('torch.', '')} of shape {tuple(t.shape)}"
 
 
 class AdapterModule(nn.Module):
@@ -105,17 +102,8 @@ class AdapterModule(nn.Module):
         else:
             # 1.0 unless max-norm regularisation scales it; folded into a factor on save
             self.register_buffer("scalar", torch.ones(()))
+        #: the axis of DoRA's magnitude, None without DoRA (set by :class:`~lyco.algos.dora.DoraModule`)
         self.dora_axis: str | None = None
-        if opts.dora_wd:
-            self.dora_axis = "out" if opts.wd_on_output else "in"
-            shape = dora_f.scale_shape(geom.weight_shape, self.dora_axis)
-            if base_weight is not None:
-                init = dora_f.norms(base_weight.detach(), self.dora_axis).reshape(shape)
-            elif initialize:
-                raise ConfigError(f"{name}: DoRA needs the base weight to initialise dora_scale")
-            else:
-                init = torch.zeros(shape)  # filled from a file
-            self.dora_scale = nn.Parameter(init)
 
     # ------------------------------------------------------------------ validation
     def _err(self, msg: str) -> ConfigError:
@@ -238,13 +226,7 @@ class AdapterModule(nn.Module):
 
     @classmethod
     def _dora_file_features(cls, parts: dict[str, torch.Tensor]) -> list[str]:
-        ds = parts.get("dora_scale")
-        if ds is None:
-            return []
-        if ds.dim() <= 1:
-            return ["dora-1d"]
-        on_input = ds.shape[0] == 1 and ds.shape[1] > 1
-        return [cls.dora_features[0] if on_input else cls.dora_features[1]]
+        return part_checks.dora_features(parts, cls.dora_features)
 
     @classmethod
     def file_summary(cls, parts: dict[str, torch.Tensor]) -> FileSummary:
@@ -282,35 +264,12 @@ class AdapterModule(nn.Module):
     def check_file_tensors(cls, name: str, parts: dict[str, torch.Tensor], allow_nonfinite: bool = False) -> list[str]:
         """Dtypes, finiteness and scalar parts of one module of a file: raises FileFormatError naming the key, and
         returns warnings for what is read in a tolerated way."""
-        warnings: list[str] = []
-        for part in sorted(parts):
-            t = parts[part]
-            key = f"{name}.{part}"
-            if part in cls.integer_parts:  # int64 in lyco's files; the reference writes them in the save dtype
-                v = t.double().item() if t.numel() == 1 and not t.is_complex() else float("nan")
-                if not (math.isfinite(v) and v == int(v)):
-                    raise FileFormatError(f"key '{key}' must be one integer (got {_kind(t)})")
-                continue
-            if t.numel() == 0:
-                raise FileFormatError(f"key '{key}' is empty (shape {tuple(t.shape)}); the file is corrupt or was "
-                                      "written with rank 0")
-            if not t.is_floating_point():
-                raise FileFormatError(f"key '{key}' has dtype {str(t.dtype).replace('torch.', '')}; adapter tensors "
-                                      "are floating point (the file is corrupt or not an adapter)")
-            if part in cls.scalar_parts and t.numel() != 1:
-                raise FileFormatError(f"key '{key}' must hold one number but has shape {tuple(t.shape)}")
-            if part in cls.scalar_parts and t.dim() > 0:
-                warnings.append(f"key '{key}' has shape {tuple(t.shape)} instead of a 0-d scalar; read as one number")
-            if not allow_nonfinite and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                raise FileFormatError(f"key '{key}' contains {bad} NaN/Inf value(s) of {t.numel()}; the adapter is "
-                                      "broken (training diverged?). Pass allow_nonfinite=True to load it anyway")
-        return warnings
+        return part_checks.check_tensors(name, parts, cls.integer_parts, cls.scalar_parts, allow_nonfinite)
 
     @classmethod
     def from_file(
         cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str, hints: dict[str, Any]
-    ) -> "AdapterModule":
+    ) -> Self:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared helpers for subclasses
@@ -321,61 +280,10 @@ class AdapterModule(nn.Module):
     def _export_common(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.scaled:
             out["alpha"] = torch.tensor(self.saved_alpha(), dtype=torch.float32)
-        if self.dora_axis is not None:
-            out["dora_scale"] = self.dora_scale.detach().float().clone()
         return out
 
-    @staticmethod
-    def _check_shape(name: str, part: str, t: torch.Tensor, expected: tuple[int, ...]) -> None:
-        if tuple(t.shape) != tuple(expected):
-            raise FileFormatError(
-                f"key '{name}.{part}' has shape {tuple(t.shape)} but the model's layer needs {tuple(expected)}; "
-                "the file was made for a different model (or a different layer size)"
-            )
-
-    @staticmethod
-    def _read_alpha(tensors: dict[str, torch.Tensor], rank: int) -> float:
-        if "scale" in tensors:  # A1111 extension: explicit scale overrides alpha/rank
-            return float(tensors["scale"].float().item()) * rank
-        if "alpha" in tensors:
-            a = float(tensors["alpha"].float().item())
-            return a if a else float(rank)
-        return float(rank)
-
-    @classmethod
-    def _load_dora(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str, hints: dict[str, Any]) -> dict:
-        """Options and shape check for an optional ``dora_scale``."""
-        if "dora_scale" not in tensors:
-            return {}
-        if not cls.supports_dora:
-            raise FileFormatError(f"module '{name}': dora_scale is only valid with lora, loha or lokr keys")
-        shape = tuple(tensors["dora_scale"].shape)
-        o, i_g = geom.out_features, geom.in_per_group
-        out_shape = dora_f.scale_shape(geom.weight_shape, "out")
-        in_shape = dora_f.scale_shape(geom.weight_shape, "in")
-        peft_conv_out = (1, o, *geom.ones) if geom.kind == "conv" else None
-        if shape == in_shape and ((geom.kind == "conv" and o == i_g) or shape == out_shape):
-            # (1, C, 1...) with C = O = I_g: LyCORIS input axis, or a diffusers-converted PEFT magnitude
-            axis = hints.get("dora_axis")
-            if axis is None:
-                axis = "in"
-                hints.setdefault("warnings", []).append(
-                    f"{name}: dora_scale {shape} is ambiguous (O = I_g); assumed input axis")
-        elif shape == in_shape:
-            axis = "in"
-        elif shape in (out_shape, (o,), peft_conv_out):
-            axis = "out"
-        else:
-            raise FileFormatError(
-                f"key '{name}.dora_scale' has shape {shape}; expected {out_shape} (output axis) or {in_shape} "
-                "(input axis) for this layer"
-            )
-        return {"dora_wd": True, "wd_on_output": axis == "out"}
-
-    def _load_dora_tensor(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.dora_axis is not None:
-            with torch.no_grad():
-                self.dora_scale.copy_(tensors["dora_scale"].float().reshape(self.dora_scale.shape))
+    _check_shape = staticmethod(part_checks.check_shape)
+    _read_alpha = staticmethod(part_checks.read_alpha)
 
     # ------------------------------------------------------------------ weights
     def delta_weight(self, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -387,17 +295,11 @@ class AdapterModule(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W'(m), b'(m)) in the dtypes of W and b."""
         dW = self.delta_weight(mask)
-        if self.dora_axis is None:
-            W2 = W.float() + (dW if m == 1 else m * dW)
-            db = self.delta_bias(mask)
-            if db is not None and b is not None:
-                b = (b.float() + (db if m == 1 else m * db)).to(b.dtype)
-            return W2.to(W.dtype), b
-        W1 = dora_f.decomposed_weight(W, dW, self.dora_scale, self.dora_axis, self.opts.dora_detach_norm)
-        if m != 1:
-            Wf = W.float()
-            W1 = Wf + m * (W1 - Wf)
-        return W1.to(W.dtype), b
+        W2 = W.float() + (dW if m == 1 else m * dW)
+        db = self.delta_bias(mask)
+        if db is not None and b is not None:
+            b = (b.float() + (db if m == 1 else m * db)).to(b.dtype)
+        return W2.to(W.dtype), b
 
     # ------------------------------------------------------------------ forward
     def use_rebuild(self, base: nn.Module) -> bool:
@@ -408,9 +310,10 @@ class AdapterModule(nn.Module):
             return True
         if o.path != "auto":
             return o.path == "rebuild"
-        auto = self.__dict__.get("_auto_rebuild")
+        auto: bool | None = self.__dict__.get("_auto_rebuild")
         if auto is None:  # per-token cost rule: rebuild when the dense op costs ≤ 3× the bypass; fixed for life
-            auto = self.__dict__["_auto_rebuild"] = 3 * self.bypass_cost() >= g.out_features * g.in_per_group * g.k_numel
+            dense = g.out_features * g.in_per_group * g.k_numel
+            auto = self.__dict__["_auto_rebuild"] = 3 * self.bypass_cost() >= dense
         return auto
 
     def draw_mask(self, device: torch.device) -> torch.Tensor | None:
@@ -420,10 +323,8 @@ class AdapterModule(nn.Module):
 
     def forward(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         m = self.multiplier
-        if m == 0:
-            return base(x)
-        if self.training and self.opts.module_dropout > 0 and torch.rand(()) < self.opts.module_dropout:
-            return base(x)
+        if m == 0 or (self.training and self.opts.module_dropout > 0 and torch.rand(()) < self.opts.module_dropout):
+            return cast(torch.Tensor, base(x))
         mask = self.draw_mask(x.device)
         if self.use_rebuild(base):
             return self.rebuild(x, base, m, mask)
@@ -441,25 +342,24 @@ class AdapterModule(nn.Module):
         t = self._t_for(y)
         return y if (isinstance(t, float) and t == 1.0) else y * t
 
-    def _base_nobias(self, x: torch.Tensor, base: nn.Module, W: torch.Tensor, b: torch.Tensor | None):
+    def _base_nobias(self, x: torch.Tensor, base: nn.Module, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         if type(base) in STANDARD_LAYERS and self.geom.standard:
             return self.geom.op(x, W, None)
-        y = base(x)
+        y: torch.Tensor = base(x)
         return y if b is None else y - self.geom.channel_view(b.to(y.dtype))
 
     def bypass(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.dora_axis is not None:
-            return self._dora_bypass(x, base, m, mask)
         t = self._t_for(x)
-        plain = isinstance(t, float) and not (self.opts.dropout > 0 and self.training)
-        if plain:
+        # a plain float scale (no learned scalar) and no neuron dropout: the fused paths apply
+        plain = t if isinstance(t, float) and not (self.opts.dropout > 0 and self.training) else None
+        if plain is not None:
             wb = fused.frozen_linear(base)
-            y = None if wb is None else self.fused_linear(x, wb[0], wb[1], mask, t * m)
-            if y is not None:
-                return y
-        y = base(x)
-        if plain:
-            out = self.add_scaled_delta(y, x, mask, t * m)
+            fy = None if wb is None else self.fused_linear(x, wb[0], wb[1], mask, plain * m)
+            if fy is not None:
+                return fy
+        y: torch.Tensor = base(x)
+        if plain is not None:
+            out = self.add_scaled_delta(y, x, mask, plain * m)
             if out is not None:
                 return out
         d = self.apply_delta(x, mask)
@@ -470,7 +370,7 @@ class AdapterModule(nn.Module):
             d = d + self.geom.channel_view(db.to(d.dtype))
         return y + d if m == 1 else y + m * d
 
-    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[Any, list[torch.Tensor]] | None:
+    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> fused.KernelCall | None:
         """A kernel of :mod:`.functional.fused` for ΔW_raw on a Linear layer and the tensors it takes (in x's
         dtype), or None when the algorithm has none for this case."""
         return None
@@ -500,74 +400,6 @@ class AdapterModule(nn.Module):
         out = torch.baddbmm(y.reshape(n, o, -1), u.expand(n, *u.shape), h.reshape(n, h.shape[1], -1), alpha=alpha)
         return out.view(y.shape)
 
-    # ------------------------------------------------------------------ DoRA
-    def dora_norms(self, W: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """‖W + s·c·ΔW_raw‖ per channel of the DoRA axis (flat fp32), without building W + ΔW when possible."""
-        lr = self.lowrank(mask)
-        if lr is not None:
-            return dora_f.lowrank_norms(W, lr[0], lr[1], self.t(), self.dora_axis, self.weight_sq_norms(W))
-        return dora_f.dense_norms(W, self.delta_weight(mask), self.dora_axis)
-
-    def weight_sq_norms(self, W: torch.Tensor) -> torch.Tensor:
-        """‖W‖² per channel of the DoRA axis (fp32), cached while the frozen weight is unchanged (same storage,
-        same in-place version); a weight that requires grad (a stacked adapter below) is never cached."""
-        if W.requires_grad:
-            return dora_f.sq_norms(W, self.dora_axis)
-        key = (W.data_ptr(), W._version, tuple(W.shape), W.dtype, W.device, self.dora_axis)
-        hit = self.__dict__.get("_wsq")
-        if hit is None or hit[0] != key:
-            hit = self.__dict__["_wsq"] = (key, dora_f.sq_norms(W.detach(), self.dora_axis))
-        return hit[1]
-
-    def _dora_bypass(self, x, base, m, mask):
-        W, b = base_params(base)
-        n = self.dora_norms(W, mask)
-        if self.opts.dora_detach_norm:
-            n = n.detach()
-        g = self.dora_scale.reshape(-1) / (n + dora_f.EPS)
-        if self.dora_axis == "in" and self.geom.groups > 1:  # per input channel within a group: same for every group
-            g = g.repeat(self.geom.groups)
-        t = self._t_for(x)
-        if m == 1 and isinstance(t, float):
-            y = self._dora_fused(x, base, W, b, g, mask, t)
-            if y is not None:
-                return y
-        cv = self.geom.channel_view
-        if self.dora_axis == "out":
-            z = self._base_nobias(x, base, W, b)
-            gz = cv(g.to(z.dtype))
-            adapted = gz * (z + self.apply_delta(x, mask))
-            y = adapted if m == 1 else z + m * (adapted - z)
-        else:
-            xh = x * cv(g.to(x.dtype))
-            y = self._base_nobias(xh, base, W, b) + self.apply_delta(xh, mask)
-            if m != 1:
-                y = (1 - m) * self._base_nobias(x, base, W, b) + m * y
-        return y if b is None else y + cv(b.to(y.dtype))
-
-    def _dora_fused(self, x, base, W, b, g, mask, t: float) -> torch.Tensor | None:
-        """DoRA at multiplier 1 with the delta fused into the base op's output: one autograd node on a frozen
-        plain Linear, otherwise one (b)addmm plus one addcmul (output axis) or a biased base op (input axis)."""
-        wb = fused.frozen_linear(base)
-        if wb is not None:
-            k = self.linear_kernel(x, mask)
-            if k is not None:
-                fn = fused.FusedDoraOut if self.dora_axis == "out" else fused.FusedDoraIn
-                return fused.run(fn, x, W, b, g, k[0], t, k[1])
-        if not (type(base) in STANDARD_LAYERS and self.geom.standard):
-            return None
-        cv = self.geom.channel_view
-        if self.dora_axis == "out":
-            z = self.geom.op(x, W, None)
-            zd = self.add_scaled_delta(z, x, mask, t)
-            if zd is None:
-                zd = z + self.apply_delta(x, mask)
-            gz = cv(g.to(zd.dtype))
-            return zd * gz if b is None else torch.addcmul(cv(b.to(zd.dtype)), zd, gz)
-        xh = x * cv(g.to(x.dtype))
-        y = self.geom.op(xh, W, b)
-        out = self.add_scaled_delta(y, xh, mask, t)
-        return y + self.apply_delta(xh, mask) if out is None else out
-
     def extra_repr(self) -> str:
-        return f"{self.algo}, {self.geom.describe()}, rank={self.rank}" + (f", dora={self.dora_axis}" if self.dora_axis else "")
+        dora = f", dora={self.dora_axis}" if self.dora_axis else ""
+        return f"{self.algo}, {self.geom.describe()}, rank={self.rank}{dora}"

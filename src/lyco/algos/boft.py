@@ -8,6 +8,8 @@ import torch
 from ..errors import FileFormatError
 from .functional import oft as F_oft
 from .functional.common import power2factorization
+from .geometry import Geometry
+from .options import AlgoOptions
 from .orthogonal import OrthogonalModule
 from .registry import register
 from .support import row
@@ -23,7 +25,7 @@ class BOFTModule(OrthogonalModule):
                             lycoris_lora="lycoris-lora 4.1.3 cannot load `rescale` (shape error)"),
     }
 
-    def block_shape(self, geom, opts):
+    def block_shape(self, geom: Geometry, opts: AlgoOptions) -> tuple[int, ...]:
         o = geom.out_features
         if geom.groups > 1:
             raise self._err("BOFT's butterfly stages mix channels across conv groups, which no grouped conv weight "
@@ -36,7 +38,7 @@ class BOFTModule(OrthogonalModule):
         return (bin(n - 1).count("1") + 1, n, b, b)
 
     @classmethod
-    def file_block_shape(cls, geom, blocks, name):
+    def file_block_shape(cls, geom: Geometry, blocks: torch.Tensor, name: str) -> tuple[int, ...]:
         m_stages, n, b, b2 = blocks.shape
         if b != b2 or n * b != geom.out_features or n & (n - 1) or geom.groups > 1 or m_stages < 1:
             raise FileFormatError(f"key '{name}.oft_blocks' has shape {tuple(blocks.shape)}, which is not a "

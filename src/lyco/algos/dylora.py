@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from .functional import lora as F_lora
 from .geometry import Geometry
@@ -20,7 +21,8 @@ class DyLoRAModule(LoRAModule):
     stochastic_graph = True
     truncatable = True
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         if opts.dim % opts.block_size:
@@ -46,9 +48,10 @@ class DyLoRAModule(LoRAModule):
         r_f = r ** 0.5 if self.opts.rs_lora else r
         return float(alpha) / r_f * r
 
-    def _factors(self):
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         r = self._eff_rank()
-        up, down = self.lora_up, self.lora_down
+        up: torch.Tensor = self.lora_up
+        down: torch.Tensor = self.lora_down
         if r == self.rank and self._active is None:
             return up, down
         lo = r - self.block_size
@@ -59,19 +62,19 @@ class DyLoRAModule(LoRAModule):
     def mask_size(self) -> int:
         return self._eff_rank()
 
-    def delta_raw(self, mask=None):
+    def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         up, down = self._factors()
         return F_lora.delta(up, down, None, self.geom.weight_shape, mask)
 
-    def lowrank(self, mask=None):
+    def lowrank(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         up, down = self._factors()
         return F_lora.lowrank(up, down, None, mask)
 
-    def apply_raw(self, x, mask=None):
+    def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         up, down = self._factors()
         return F_lora.apply(x, self.geom, self._cast(up, x), self._cast(down, x), None, mask)
 
-    def forward(self, x, base):
+    def forward(self, x: torch.Tensor, base: nn.Module) -> torch.Tensor:
         if self.training:
             blocks = self.rank // self.block_size
             self._active = (int(torch.randint(blocks, ())) + 1) * self.block_size  # torch's seeded RNG
@@ -100,7 +103,7 @@ class DyLoRAModule(LoRAModule):
         return d
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return False  # DyLoRA files are LoRA files
 
 

@@ -1,6 +1,8 @@
 """Full / native fine-tune: trains fp32 deltas D (weight shape) and D_b (bias), saved as ``diff`` / ``diff_b``."""
 from __future__ import annotations
 
+from typing import Any, Self
+
 import torch
 import torch.nn as nn
 
@@ -19,7 +21,8 @@ class FullModule(AdapterModule):
     support = {"full": row("✔ ✔ ✔ ✔ ! ✘ ✔ !", "diffusers has no full-diff loader",
                            PEFT="`lyco convert --to peft` converts lora, loha and lokr only")}
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True, has_bias: bool | None = None) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         self.diff = nn.Parameter(torch.zeros(geom.weight_shape))
@@ -33,24 +36,24 @@ class FullModule(AdapterModule):
     def scale(self) -> float:
         return 1.0
 
-    def delta_raw(self, mask=None):
-        d = self.diff
+    def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        d: torch.Tensor = self.diff
         if mask is not None:
             d = d * mask.reshape(-1, *([1] * (d.dim() - 1)))
         return d
 
-    def delta_bias(self, mask=None):
+    def delta_bias(self, mask: torch.Tensor | None = None) -> torch.Tensor | None:
         if self.diff_b is None:
             return None
         return self.diff_b if mask is None else self.diff_b * mask
 
-    def apply_raw(self, x, mask=None):
+    def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         y = self.geom.op(x, self._cast(self.diff, x))
         if mask is not None:
             y = y * self.geom.channel_view(mask.to(y.dtype))
         return y
 
-    def rebuild(self, x, base, m, mask):
+    def rebuild(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
         # op(x, W + c·m·D, b + c·m·D_b) with one add per tensor (and none in backward at c·m = 1): the generic
         # path scales D and adds in fp32 as separate passes over the whole weight
         W, b = base_params(base)
@@ -72,15 +75,16 @@ class FullModule(AdapterModule):
         return out
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return "diff" in tensors
 
     @classmethod
-    def file_geometry(cls, parts):
+    def file_geometry(cls, parts: dict[str, torch.Tensor]) -> Geometry | None:
         return Geometry.of_weight_shape(tuple(parts["diff"].shape), has_bias="diff_b" in parts)
 
     @classmethod
-    def from_file(cls, geom, tensors, name, hints):
+    def from_file(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
+                  hints: dict[str, Any]) -> Self:
         cls._check_shape(name, "diff", tensors["diff"], geom.weight_shape)
         has_b = "diff_b" in tensors
         if has_b:
@@ -88,7 +92,7 @@ class FullModule(AdapterModule):
         mod = cls(geom, AlgoOptions(algo=cls.algo, dim=1, alpha=None), name, initialize=False, has_bias=has_b)
         with torch.no_grad():
             mod.diff.copy_(tensors["diff"].float())
-            if has_b:
+            if has_b and mod.diff_b is not None:
                 mod.diff_b.copy_(tensors["diff_b"].float())
         return mod
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -96,7 +96,7 @@ class Geometry:
 
     # ----------------------------------------------------------------- construction
     @staticmethod
-    def from_module(module: nn.Module, name: str = "") -> "Geometry":
+    def from_module(module: nn.Module, name: str = "") -> Geometry:
         if isinstance(module, nn.Linear):
             return Geometry("linear", module.in_features, module.out_features, standard=type(module) is nn.Linear,
                             has_bias=module.bias is not None)
@@ -115,11 +115,12 @@ class Geometry:
                 has_bias=module.bias is not None,
             )
         if is_norm(module):
-            return Geometry("norm", module.weight.numel(), module.weight.numel(),
-                            has_bias=getattr(module, "bias", None) is not None)
+            w = cast(torch.Tensor, module.weight)
+            return Geometry("norm", w.numel(), w.numel(), has_bias=getattr(module, "bias", None) is not None)
         # Linear-like layers from quantisation libraries (bitsandbytes, quanto, torchao ...): bypass only.
         if hasattr(module, "in_features") and hasattr(module, "out_features") and hasattr(module, "weight"):
-            return Geometry("linear", int(module.in_features), int(module.out_features), standard=False,
+            q: Any = module
+            return Geometry("linear", int(q.in_features), int(q.out_features), standard=False,
                             has_bias=getattr(module, "bias", None) is not None)
         raise TargetError(
             f"module {name or type(module).__name__!r} ({type(module).__name__}) is not a layer lyco can adapt; "
@@ -128,7 +129,7 @@ class Geometry:
         )
 
     @staticmethod
-    def of_weight_shape(shape: tuple[int, ...], has_bias: bool = False) -> "Geometry":
+    def of_weight_shape(shape: tuple[int, ...], has_bias: bool = False) -> Geometry:
         """A plain layer with this weight shape: Linear for (O, I), an unpadded stride-1 ConvNd for (O, I, k...)."""
         if len(shape) == 1:
             return Geometry("norm", shape[0], shape[0], has_bias=has_bias)
@@ -138,7 +139,7 @@ class Geometry:
         return Geometry("conv", shape[1], shape[0], tuple(shape[2:]), (1,) * n, (0,) * n, (1,) * n, has_bias=has_bias)
 
     # ----------------------------------------------------------------- functional ops
-    def _pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | str]:
+    def _pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | str | int]:
         """Apply non-zero padding modes explicitly; return (input, padding for the conv call)."""
         if self.padding_mode == "zeros":
             return x, self.padding

@@ -1,17 +1,19 @@
 """GLoRA: W' = W + s·(W·A + B), A = a1·a2 (I_g × I_g, low rank), B = b1·b2 (O × I_g·K, low rank)."""
 from __future__ import annotations
 
+from typing import Any, Self
+
 import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary, base_params
+from .base import AdapterModule, base_params
 from .functional import glora as F_glora
 from .functional.common import kaiming_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
 
 
 class GLoRAModule(AdapterModule):
@@ -20,7 +22,8 @@ class GLoRAModule(AdapterModule):
     support = {"glora": row("✔ ! ✔ ! ! ✘ ✔ !", "A1111 errors per GLoRA layer; InvokeAI rejects the whole file",
                             PEFT="`lyco convert --to peft` converts lora, loha and lokr only")}
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         r = opts.dim
@@ -45,21 +48,22 @@ class GLoRAModule(AdapterModule):
     def mask_size(self) -> int:
         return 2 * self.rank  # independent masks for the A and B branches
 
-    def delta_given(self, W: torch.Tensor, mask=None) -> torch.Tensor:
+    def delta_given(self, W: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """ΔW_raw = W·a1·a2 + b1·b2 for the base weight W (fp32)."""
         return F_glora.delta(W, self.a1, self.a2, self.b1, self.b2, mask)
 
-    def adapted_weight(self, W, b, m, mask=None):
+    def adapted_weight(self, W: torch.Tensor, b: torch.Tensor | None, m: float,
+                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         dW = self.t() * self.delta_given(W, mask)
         return (W.float() + (dW if m == 1 else m * dW)).to(W.dtype), b
 
-    def bypass(self, x, base, m, mask):
+    def bypass(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
         W, b = base_params(base)
         a1, b1 = F_glora.masked(self.a1, self.b1, mask)
         g, c = self.geom, self._cast
         branch_a = self._base_nobias(F_glora.input_branch(x, g, c(a1, x), c(self.a2, x)), base, W, b)
         branch_b = F_glora.weight_branch(x, g, c(b1, x), c(self.b2, x))
-        y = base(x)
+        y: torch.Tensor = base(x)
         d = (branch_a + branch_b) * self.t().to(y.dtype)
         if self.opts.dropout > 0 and self.training:
             d = torch.nn.functional.dropout(d, self.opts.dropout, training=True)
@@ -80,17 +84,18 @@ class GLoRAModule(AdapterModule):
         })
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return "a1.weight" in tensors
 
     @classmethod
-    def file_summary(cls, parts):
+    def file_summary(cls, parts: dict[str, torch.Tensor]) -> FileSummary:
         a2 = parts.get("a2.weight")
         rank = int(a2.shape[0]) if a2 is not None and a2.dim() else None
         return FileSummary(rank, super().file_summary(parts).tags)
 
     @classmethod
-    def from_file(cls, geom, tensors, name, hints):
+    def from_file(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
+                  hints: dict[str, Any]) -> Self:
         if "bm.weight" in tensors:
             raise FileFormatError(f"module '{name}': GLoRA Tucker keys (bm.weight) are not supported (no UI applies "
                                   "them); re-export without Tucker")

@@ -1,7 +1,7 @@
 """(IA)³: a learned per-channel scale on the output (default) or input axis; W'(m) = W ⊙ (1 + m·w)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self, cast
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,8 @@ class IA3Module(MultiplicativeModule):
                           "loaded'", lycoris_lora="lycoris-lora 4.1.3 raises TypeError when it loads (IA)³ modules",
                           PEFT="`lyco convert --to peft` converts lora, loha and lokr only")}
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         self.on_input = bool(opts.train_on_input)
@@ -36,16 +37,16 @@ class IA3Module(MultiplicativeModule):
     def rank(self) -> int:
         return 1
 
-    def full_weight(self, W):
+    def full_weight(self, W: torch.Tensor) -> torch.Tensor:
         return F_ia3.scaled_weight(W, self.weight, self.on_input)
 
-    def transform_output(self, z):
+    def transform_output(self, z: torch.Tensor) -> torch.Tensor:
         return F_ia3.scale_output(z, self.weight, self.geom)
 
-    def bypass(self, x, base, m, mask):
+    def bypass(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
         if not self.on_input:
             return super().bypass(x, base, m, mask)
-        return base(F_ia3.scale_input(x, self.weight, self.geom, m))
+        return cast(torch.Tensor, base(F_ia3.scale_input(x, self.weight, self.geom, m)))
 
     def bypass_cost(self) -> int:
         return self.geom.out_features
@@ -58,11 +59,12 @@ class IA3Module(MultiplicativeModule):
         return {"algo": self.algo, "train_on_input": self.on_input}
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return "on_input" in tensors
 
     @classmethod
-    def from_file(cls, geom, tensors, name, hints):
+    def from_file(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
+                  hints: dict[str, Any]) -> Self:
         if "weight" not in tensors:
             raise FileFormatError(f"module '{name}': IA3 'on_input' without 'weight'")
         flag = int(tensors["on_input"].item())

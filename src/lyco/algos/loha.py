@@ -1,30 +1,36 @@
 """LoHa: ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b) (Linear and Conv, Tucker ``hada_t1/t2`` for k>1)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary
+from .dora import DoraModule
 from .functional import fused
 from .functional import loha as F_loha
 from .functional.common import normal_, scale_rows
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
+
+#: (w1_a, w1_b, w2_a, w2_b, t1, t2): the Tucker cores are None without Tucker
+Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
-class LoHaModule(AdapterModule):
+class LoHaModule(DoraModule):
     algo = "loha"
     file_parts = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha",
                             "dora_scale", "scale"})
-    supports_dora = True
     support = {"loha": row("✔ ✔ ✔ ✔ ! ✘ ✔ ✔", "diffusers and sd-scripts' own loader have no LoHa")}
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    hada_t1: nn.Parameter | None
+    hada_t2: nn.Parameter | None
+
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         r = opts.dim
@@ -46,12 +52,12 @@ class LoHaModule(AdapterModule):
         if initialize:
             self.reset_parameters(generator)
 
-    def reset_parameters(self, generator=None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         # LyCORIS's init: b factors N(0,1), w1_a and the Tucker cores N(0, 0.1²), w2_a = 0 (N(0, 0.1²) with scalar)
         normal_(self.hada_w1_b, 1.0, generator)
         normal_(self.hada_w2_b, 1.0, generator)
         normal_(self.hada_w1_a, 0.1, generator)
-        if self.tucker:
+        if self.hada_t1 is not None and self.hada_t2 is not None:  # Tucker
             normal_(self.hada_t1, 0.1, generator)
             normal_(self.hada_t2, 0.1, generator)
         with torch.no_grad():
@@ -64,32 +70,36 @@ class LoHaModule(AdapterModule):
     def rank(self) -> int:
         return self.hada_w1_b.shape[0]
 
-    def _factors(self, like: torch.Tensor | None = None):
-        ps = (self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b, self.hada_t1, self.hada_t2)
+    def _factors(self, like: torch.Tensor | None = None) -> Factors:
+        ps: Factors = (self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b, self.hada_t1, self.hada_t2)
         if like is None:
             return ps
-        return tuple(None if p is None else self._cast(p, like) for p in ps)
+        c = self._cast
+        t1, t2 = ps[4], ps[5]
+        return (c(ps[0], like), c(ps[1], like), c(ps[2], like), c(ps[3], like),
+                None if t1 is None else c(t1, like), None if t2 is None else c(t2, like))
 
-    def delta_raw(self, mask=None):
+    def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         w1a, w1b, w2a, w2b, t1, t2 = self._factors()
         return F_loha.delta(w1a, w1b, w2a, w2b, t1, t2, self.geom.weight_shape, mask)
 
-    def lowrank(self, mask=None):
+    def lowrank(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         return F_loha.lowrank(*self._factors(), mask=mask)
 
-    def apply_raw(self, x, mask=None):
+    def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return F_loha.apply(x, self.geom, *self._factors(x), mask=mask)
 
     def bypass_cost(self) -> int:
         return F_loha.cost(self.geom, self.rank, self.tucker)
 
-    def linear_kernel(self, x, mask):
+    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> fused.KernelCall | None:
         if self.tucker or self.geom.kind != "linear":
             return None
         u, v = F_loha.face_split(self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b)
         return fused.LowRankKernel(), [scale_rows(u, mask), v]
 
-    def _factorised_rebuild(self, x, W, b, mask, alpha):
+    def _factorised_rebuild(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, mask: torch.Tensor | None,
+                            alpha: float) -> torch.Tensor:
         """The rebuild path's single GEMM on W + ΔW with factor gradients from the rank-r² form (never the O×I
         weight gradient): :class:`~.functional.fused.RebuildLinear`."""
         w1a = scale_rows(self.hada_w1_a, mask)
@@ -102,26 +112,31 @@ class LoHaModule(AdapterModule):
                 and not isinstance(self.scalar, nn.Parameter)
                 and fused.wants_grad(self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b))
 
-    def fused_linear(self, x, W, b, mask, alpha):
+    def fused_linear(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, mask: torch.Tensor | None,
+                     alpha: float) -> torch.Tensor | None:
         # training with many tokens: the rebuild forward with factorised gradients costs 2·r²(I+O) per token
         # against the bypass's 3·r²(I+O), plus building W + ΔW twice per step: 2·(2r·O·I multiply-adds + a few
         # O·I-sized memory passes, ~15 multiply-adds each on a CPU); measured break-even: 4·(r + 15)·O·I
         g, r = self.geom, self.rank
         tokens = x.numel() // g.in_features
         saved = tokens * r * r * (g.in_features + g.out_features)
-        if self.opts.path == "auto" and self._trains_on_linear() and saved > 4 * (r + 15) * g.in_features * g.out_features:
+        break_even = 4 * (r + 15) * g.in_features * g.out_features
+        if self.opts.path == "auto" and self._trains_on_linear() and saved > break_even:
             return self._factorised_rebuild(x, W, b, mask, alpha)
         return super().fused_linear(x, W, b, mask, alpha)
 
-    def rebuild(self, x, base, m, mask):
+    def rebuild(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
         # factorised gradients cost 2·r²(I+O) per token against the O·I weight gradient of the plain rebuild
         g = self.geom
         wb = fused.frozen_linear(base) if self._trains_on_linear() else None
         if wb is not None and 2 * self.rank ** 2 * (g.in_features + g.out_features) < g.in_features * g.out_features:
-            return self._factorised_rebuild(x, wb[0], wb[1], mask, self._t_for(x) * m)
+            t = self._t_for(x)
+            assert isinstance(t, float)  # no learned scalar when training on a Linear (_trains_on_linear)
+            return self._factorised_rebuild(x, wb[0], wb[1], mask, t * m)
         return super().rebuild(x, base, m, mask)
 
-    def add_scaled_delta(self, y, x, mask, alpha):
+    def add_scaled_delta(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
+                         alpha: float) -> torch.Tensor | None:
         if mask is not None:
             return None
         w1a, w1b, w2a, w2b, t1, t2 = self._factors(x)
@@ -146,7 +161,7 @@ class LoHaModule(AdapterModule):
             "hada_w2_a": self.hada_w2_a.detach().float().clone(),
             "hada_w2_b": self.hada_w2_b.detach().float().clone(),
         }
-        if self.tucker:
+        if self.hada_t1 is not None and self.hada_t2 is not None:  # Tucker
             out["hada_t1"] = self.hada_t1.detach().float().clone()
             out["hada_t2"] = self.hada_t2.detach().float().clone()
         return self._export_common(out)
@@ -158,18 +173,18 @@ class LoHaModule(AdapterModule):
         return d
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return "hada_w1_a" in tensors
 
     @classmethod
-    def file_summary(cls, parts):
+    def file_summary(cls, parts: dict[str, torch.Tensor]) -> FileSummary:
         w1b = parts.get("hada_w1_b")
         rank = int(w1b.shape[0]) if w1b is not None and w1b.dim() else None
         tags = ("tucker",) if "hada_t1" in parts else ()
         return FileSummary(rank, tags + super().file_summary(parts).tags)
 
     @classmethod
-    def file_geometry(cls, parts):
+    def file_geometry(cls, parts: dict[str, torch.Tensor]) -> Geometry | None:
         w1a, w1b, t1 = parts["hada_w1_a"], parts.get("hada_w1_b"), parts.get("hada_t1")
         if w1b is None or w1a.dim() != 2 or w1b.dim() < 2:
             return None
@@ -178,7 +193,8 @@ class LoHaModule(AdapterModule):
         return Geometry.of_weight_shape((w1a.shape[0], w1b[0].numel()))
 
     @classmethod
-    def from_file(cls, geom, tensors, name, hints):
+    def from_file(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
+                  hints: dict[str, Any]) -> Self:
         need = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"]
         missing = [p for p in need if p not in tensors]
         if missing:
@@ -194,12 +210,12 @@ class LoHaModule(AdapterModule):
             if "hada_t2" not in tensors:
                 raise FileFormatError(f"module '{name}': hada_t1 present but hada_t2 missing")
             a_shape, b_shape = (r, o), (r, i_g)
-            for t in ("hada_t1", "hada_t2"):
-                cls._check_shape(name, t, tensors[t], (r, r, *g.kernel_size))
+            for core in ("hada_t1", "hada_t2"):
+                cls._check_shape(name, core, tensors[core], (r, r, *g.kernel_size))
         else:
             a_shape, b_shape = (o, r), (r, i_g * g.k_numel)
-        for p, s in (("hada_w1_a", a_shape), ("hada_w2_a", a_shape)):
-            cls._check_shape(name, p, tensors[p], s)
+        for p, shape in (("hada_w1_a", a_shape), ("hada_w2_a", a_shape)):
+            cls._check_shape(name, p, tensors[p], shape)
         for p in ("hada_w1_b", "hada_w2_b"):
             t = tensors[p]
             if t.dim() != 2 and t.numel() == r * b_shape[1]:

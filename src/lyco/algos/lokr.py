@@ -2,27 +2,28 @@
 Tucker ``lokr_t2`` on convs, unbalanced factorisation."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary
+from .dora import DoraModule
 from .functional import fused
 from .functional import lokr as F_lokr
 from .functional.common import factorization, kaiming_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
+
+Factor = torch.Tensor | None
 
 
-class LoKrModule(AdapterModule):
+class LoKrModule(DoraModule):
     algo = "lokr"
     file_parts = frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
                             "alpha", "dora_scale", "scale"})
-    supports_dora = True
     support = {
         "lokr": row("✔ ✔ ✔ ✔ ! ✘ ✔ ✔", "diffusers and sd-scripts' own loader have no LoKr"),
         "lokr-tucker-conv": row("! ✔ ! ✔ ! ✘ ! !", "ComfyUI/Forge skip LoKr layers with lokr_t2 on convs; lycoris-lora "
@@ -40,7 +41,17 @@ class LoKrModule(AdapterModule):
                                        "W1"),
     }
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    # the factors of the layout's forms; the others are None
+    lokr_w1: nn.Parameter | None
+    lokr_w1_a: nn.Parameter | None
+    lokr_w1_b: nn.Parameter | None
+    lokr_w2: nn.Parameter | None
+    lokr_w2_a: nn.Parameter | None
+    lokr_w2_b: nn.Parameter | None
+    lokr_t2: nn.Parameter | None
+
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True, layout: dict[str, Any] | None = None) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         r = opts.dim
@@ -92,11 +103,12 @@ class LoKrModule(AdapterModule):
             w2 = "lowrank"
         return {"a": a, "b": b, "c": c, "d": d, "w1": w1, "w2": w2}
 
-    def reset_parameters(self, generator=None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         for p in (self.lokr_w1, self.lokr_w1_a, self.lokr_w1_b, self.lokr_w2_a, self.lokr_t2):
             if p is not None:
                 kaiming_(p, generator)
         zero = self.lokr_w2 if self.lokr_w2 is not None else self.lokr_w2_b
+        assert zero is not None, "W2 is full or has a w2_b factor"
         with torch.no_grad():
             zero.zero_()
         if self.opts.use_scalar:
@@ -118,33 +130,42 @@ class LoKrModule(AdapterModule):
     def saved_alpha(self) -> float:
         return float(self.opts.dim) if self.full_full else super().saved_alpha()
 
-    def _w1(self, like=None):
-        c = (lambda t: t) if like is None else (lambda t: self._cast(t, like))
+    def _w1(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        c = self._cast_to
         if self.lokr_w1 is not None:
-            return c(self.lokr_w1)
-        return c(self.lokr_w1_a) @ c(self.lokr_w1_b)
+            return c(self.lokr_w1, like)
+        assert self.lokr_w1_a is not None and self.lokr_w1_b is not None, "W1 is full or low-rank"
+        return c(self.lokr_w1_a, like) @ c(self.lokr_w1_b, like)
 
-    def _w2(self, like=None):
-        c = (lambda t: None if t is None else t) if like is None else (lambda t: None if t is None else self._cast(t, like))
-        return F_lokr.make_w2(self.geom, self.b, self.d, c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b),
-                              c(self.lokr_t2))
+    def _w2_parts(self, like: torch.Tensor | None = None) -> tuple[Factor, Factor, Factor, Factor]:
+        """(w2, w2_a, w2_b, t2) in ``like``'s dtype (None for the factors the layout does not have)."""
 
-    def delta_raw(self, mask=None):
+        def c(t: Factor) -> Factor:
+            return None if t is None else self._cast_to(t, like)
+
+        return c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2)
+
+    def _cast_to(self, t: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
+        return t if like is None else self._cast(t, like)
+
+    def _w2(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        return F_lokr.make_w2(self.geom, self.b, self.d, *self._w2_parts(like))
+
+    def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         return F_lokr.delta(self._w1(), self._w2(), self.geom.weight_shape, mask)
 
-    def apply_raw(self, x, mask=None):
-        c = lambda t: None if t is None else self._cast(t, x)  # noqa: E731
-        return F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x), c(self.lokr_w2),
-                            c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2), mask)
+    def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x), *self._w2_parts(x), mask)
 
     def bypass_cost(self) -> int:
         return F_lokr.cost(self.geom, self.a, self.b, self.c, self.d, self.rank, self.w2_form)
 
-    def linear_kernel(self, x, mask):
+    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> fused.KernelCall | None:
         if self.geom.kind != "linear" or mask is not None:  # the mask scales output rows: not a factor scale
             return None
-        if self.w2_form == "full":
+        if self.lokr_w2 is not None:  # W2 full
             return fused.KronKernel(), [self._w1(), self.lokr_w2]
+        assert self.lokr_w2_a is not None and self.lokr_w2_b is not None, "W2 is low-rank on a Linear layer"
         return fused.KronLowRankKernel(), [self._w1(), self.lokr_w2_a, self.lokr_w2_b]
 
     def _full_trains_on_linear(self) -> bool:
@@ -153,11 +174,14 @@ class LoKrModule(AdapterModule):
                 and not isinstance(self.scalar, nn.Parameter)
                 and fused.wants_grad(*(p for p in self.parameters() if p is not self.scalar)))
 
-    def _factorised_rebuild(self, x, W, b, alpha):
+    def _factorised_rebuild(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None,
+                            alpha: float) -> torch.Tensor:
         """One GEMM on W + W1⊗W2, factor gradients from the factors (:class:`~.functional.fused.RebuildLinear`)."""
+        assert self.lokr_w2 is not None, "used with a full W2 only"
         return fused.run(fused.RebuildLinear, x, W, b, None, fused.KronKernel(), alpha, [self._w1(), self.lokr_w2])
 
-    def fused_linear(self, x, W, b, mask, alpha):
+    def fused_linear(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, mask: torch.Tensor | None,
+                     alpha: float) -> torch.Tensor | None:
         # training a full W2 with many tokens: the rebuild forward with factorised gradients costs about 2 of the
         # bypass's 4 Kronecker products per token, plus building W + W1⊗W2 twice per step (O·I-sized memory
         # passes); measured break-even (SD1.5 shapes, 16-256 tokens): tokens·cost ≈ 32·O·I
@@ -168,17 +192,19 @@ class LoKrModule(AdapterModule):
             return self._factorised_rebuild(x, W, b, alpha)
         return super().fused_linear(x, W, b, mask, alpha)
 
-    def rebuild(self, x, base, m, mask):
+    def rebuild(self, x: torch.Tensor, base: nn.Module, m: float, mask: torch.Tensor | None) -> torch.Tensor:
         # factorised gradients cost about 2 Kronecker products per token against the plain rebuild's O·I
         g = self.geom
         wb = fused.frozen_linear(base) if mask is None and self._full_trains_on_linear() else None
         if wb is not None and 2 * self.bypass_cost() < g.in_features * g.out_features:
-            return self._factorised_rebuild(x, wb[0], wb[1], self._t_for(x) * m)
+            t = self._t_for(x)
+            assert isinstance(t, float)  # no learned scalar when training on a Linear (_full_trains_on_linear)
+            return self._factorised_rebuild(x, wb[0], wb[1], t * m)
         return super().rebuild(x, base, m, mask)
 
-    def add_scaled_delta(self, y, x, mask, alpha):
-        c = lambda t: None if t is None else self._cast(t, x)  # noqa: E731
-        w2 = (c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2))
+    def add_scaled_delta(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
+                         alpha: float) -> torch.Tensor | None:
+        w2 = self._w2_parts(x)
         if self.geom.kind == "conv" and mask is None:
             # y + alpha·W1·(W2 * x-slices) as one baddbmm over the output
             h, spatial = F_lokr.conv_slices(x, self.geom, self.b, self.c, self.d, *w2)
@@ -190,7 +216,7 @@ class LoKrModule(AdapterModule):
         d = F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x) * alpha, *w2, mask)
         return y + d
 
-    def dora_norms(self, W, mask):
+    def dora_norms(self, W: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is not None:
             return super().dora_norms(W, mask)
         w1, w2 = self._w1().float(), self._w2().float()
@@ -221,11 +247,12 @@ class LoKrModule(AdapterModule):
         return d
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return bool({"lokr_w1", "lokr_w1_a"} & tensors.keys())
 
     @classmethod
-    def _file_factors(cls, parts) -> tuple[tuple[int, int], tuple[int, int], int | None] | None:
+    def _file_factors(cls, parts: dict[str, torch.Tensor]) -> tuple[tuple[int, int], tuple[int, int],
+                                                                     int | None] | None:
         """((a, c), (b, d·K), rank) from a module's tensors (W1 is (a, c), W2 (b, d[, k...])), or None."""
         p = parts
         try:
@@ -244,7 +271,7 @@ class LoKrModule(AdapterModule):
         return (int(w1[0]), int(w1[1])), (int(w2[0]), int(w2[1])), None if low is None else int(low.shape[0])
 
     @classmethod
-    def file_features(cls, name, parts):
+    def file_features(cls, name: str, parts: dict[str, torch.Tensor]) -> list[str]:
         out = ["lokr-tucker-conv" if "lokr_t2" in parts else "lokr"]
         f = cls._file_factors(parts)
         if f is not None:
@@ -258,7 +285,7 @@ class LoKrModule(AdapterModule):
         return out + cls._dora_file_features(parts)
 
     @classmethod
-    def file_summary(cls, parts):
+    def file_summary(cls, parts: dict[str, torch.Tensor]) -> FileSummary:
         f = cls._file_factors(parts)
         tags = (("tucker",) if "lokr_t2" in parts else ()) + super().file_summary(parts).tags
         if f is None:
@@ -269,7 +296,7 @@ class LoKrModule(AdapterModule):
         return FileSummary(r, tags, f"W1 {a}x{c} {w1} ⊗ W2 {b}x{dk} {w2}")
 
     @classmethod
-    def portable_parts(cls, parts):
+    def portable_parts(cls, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Tucker ``lokr_t2`` rebuilt as a full ``lokr_w2`` (exact; ComfyUI, Forge and lycoris-lora lack lokr_t2)."""
         geom = cls.file_geometry(parts) if "lokr_t2" in parts else None
         if geom is None:
@@ -286,7 +313,7 @@ class LoKrModule(AdapterModule):
         return out
 
     @classmethod
-    def file_geometry(cls, parts):
+    def file_geometry(cls, parts: dict[str, torch.Tensor]) -> Geometry | None:
         f = cls._file_factors(parts)
         if f is None:
             return None
@@ -300,7 +327,8 @@ class LoKrModule(AdapterModule):
         return Geometry.of_weight_shape((a * b, c * dk))  # a conv kernel folded into d: same ‖ΔW‖
 
     @classmethod
-    def from_file(cls, geom, tensors, name, hints):
+    def from_file(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
+                  hints: dict[str, Any]) -> Self:
         g = geom
         o, i_g, k = g.out_features, g.in_per_group, g.kernel_size
         has = tensors.__contains__
@@ -340,12 +368,13 @@ class LoKrModule(AdapterModule):
             if tuple(w2b.shape) != (r, d * g.k_numel) and w2b.numel() == r * d * g.k_numel:
                 w2b = w2b.reshape(r, d * g.k_numel)
             cls._check_shape(name, "lokr_w2_b", w2b, (r, d * g.k_numel))
-        if w1_form == "lowrank":
+        if w1_form == "lowrank" and r is not None:
             cls._check_shape(name, "lokr_w1_a", tensors["lokr_w1_a"], (a, r))
         full_full = r is None
-        dim = int(tensors["alpha"].item()) if (full_full and has("alpha") and float(tensors["alpha"]) >= 1) else (r or 1)
-        alpha = None if full_full else cls._read_alpha(tensors, r)
-        opts = AlgoOptions(algo=cls.algo, dim=dim if full_full else r, alpha=alpha, use_tucker=w2_form == "tucker",
+        dim = (int(tensors["alpha"].item()) if (full_full and has("alpha") and float(tensors["alpha"]) >= 1)
+               else (r or 1))
+        alpha = None if r is None else cls._read_alpha(tensors, r)
+        opts = AlgoOptions(algo=cls.algo, dim=dim if r is None else r, alpha=alpha, use_tucker=w2_form == "tucker",
                            **cls._load_dora(g, tensors, name, hints))
         layout = {"a": a, "b": b, "c": c, "d": d, "w1": w1_form, "w2": w2_form}
         mod = cls(g, opts, name, initialize=False, layout=layout)

@@ -1,28 +1,27 @@
 """LoRA / LoCon: ΔW = up · down (Linear, Conv1d/2d/3d with any stride/padding/dilation/groups), Tucker for k>1."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.nn as nn
 
 from ..errors import FileFormatError
-from .base import AdapterModule, FileSummary
+from .dora import DoraModule
 from .functional import fused
 from .functional import lora as F_lora
 from .functional.common import kaiming_, normal_, orthogonal_
 from .geometry import Geometry
 from .options import AlgoOptions
 from .registry import register
-from .support import row
+from .support import FileSummary, row
 
 INITS = ("kaiming", "gaussian", "orthogonal")
 
 
-class LoRAModule(AdapterModule):
+class LoRAModule(DoraModule):
     algo = "lora"
     file_parts = frozenset({"lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "dora_scale", "scale"})
-    supports_dora = True
     grouped_bypass = True
     dora_features = ("dora-in", "dora-out")
     support = {
@@ -31,7 +30,8 @@ class LoRAModule(AdapterModule):
                             "loader ignores them", PEFT="PEFT LoRA has no Tucker (lora_mid) form"),
     }
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         r = opts.dim
@@ -55,7 +55,7 @@ class LoRAModule(AdapterModule):
         if initialize:
             self.reset_parameters(generator)
 
-    def reset_parameters(self, generator=None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         init = self.opts.init
         if init == "gaussian":
             normal_(self.lora_down, 1.0 / self.rank, generator)
@@ -78,13 +78,13 @@ class LoRAModule(AdapterModule):
     def mask_size(self) -> int:
         return self.rank
 
-    def delta_raw(self, mask=None):
+    def delta_raw(self, mask: torch.Tensor | None = None) -> torch.Tensor:
         return F_lora.delta(self.lora_up, self.lora_down, self.lora_mid, self.geom.weight_shape, mask)
 
-    def lowrank(self, mask=None):
+    def lowrank(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         return F_lora.lowrank(self.lora_up, self.lora_down, self.lora_mid, mask)
 
-    def apply_raw(self, x, mask=None):
+    def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         c = self._cast
         mid = None if self.lora_mid is None else c(self.lora_mid, x)
         return F_lora.apply(x, self.geom, c(self.lora_up, x), c(self.lora_down, x), mid, mask)
@@ -92,13 +92,14 @@ class LoRAModule(AdapterModule):
     def bypass_cost(self) -> int:
         return F_lora.cost(self.geom, self.rank, self.tucker)
 
-    def linear_kernel(self, x, mask):
+    def linear_kernel(self, x: torch.Tensor, mask: torch.Tensor | None) -> fused.KernelCall | None:
         if self.geom.kind != "linear":
             return None
         up = self.lora_up if mask is None else self.lora_up * mask.to(self.lora_up.dtype)
         return fused.LowRankKernel(), [up, self.lora_down]
 
-    def add_scaled_delta(self, y, x, mask, alpha):
+    def add_scaled_delta(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
+                         alpha: float) -> torch.Tensor | None:
         g = self.geom
         if g.groups > 1:
             return None
@@ -119,7 +120,7 @@ class LoRAModule(AdapterModule):
         ones = g.ones
         up = (self.lora_up.detach().float() * self.scalar.detach().float()).reshape(g.out_features, r, *ones)
         out = {"lora_up.weight": up}
-        if self.tucker:
+        if self.lora_mid is not None:  # Tucker
             out["lora_down.weight"] = self.lora_down.detach().float().reshape(r, g.in_per_group, *ones)
             out["lora_mid.weight"] = self.lora_mid.detach().float().clone()
         else:
@@ -133,21 +134,21 @@ class LoRAModule(AdapterModule):
         return d
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return {"lora_down.weight", "lora_up.weight"} <= tensors.keys()
 
     @classmethod
-    def file_features(cls, name, parts):
+    def file_features(cls, name: str, parts: dict[str, torch.Tensor]) -> list[str]:
         return ["locon-tucker" if "lora_mid.weight" in parts else "lora", *cls._dora_file_features(parts)]
 
     @classmethod
-    def file_summary(cls, parts):
+    def file_summary(cls, parts: dict[str, torch.Tensor]) -> FileSummary:
         down = parts["lora_down.weight"]
         tags = ("tucker",) if "lora_mid.weight" in parts else ()
         return FileSummary(int(down.shape[0]) if down.dim() else None, tags + super().file_summary(parts).tags)
 
     @classmethod
-    def file_geometry(cls, parts):
+    def file_geometry(cls, parts: dict[str, torch.Tensor]) -> Geometry | None:
         down, up, mid = parts["lora_down.weight"], parts["lora_up.weight"], parts.get("lora_mid.weight")
         if down.dim() < 2 or up.dim() < 2:
             return None
@@ -155,7 +156,8 @@ class LoRAModule(AdapterModule):
         return Geometry.of_weight_shape((up.shape[0], down.shape[1], *kernel))
 
     @classmethod
-    def from_file(cls, geom, tensors, name, hints):
+    def from_file(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
+                  hints: dict[str, Any]) -> Self:
         down, up = tensors["lora_down.weight"], tensors["lora_up.weight"]
         mid = tensors.get("lora_mid.weight")
         r = down.shape[0]
@@ -166,7 +168,7 @@ class LoRAModule(AdapterModule):
                                   f"but the model's layer is {g.describe()}")
         if g.kind == "linear":
             cls._check_shape(name, "lora_down.weight", down, (r, g.in_features))
-        elif tucker:
+        elif mid is not None:
             cls._check_shape(name, "lora_down.weight", down, (r, g.in_per_group, *g.ones))
             cls._check_shape(name, "lora_mid.weight", mid, (r, r, *g.kernel_size))
         else:
@@ -180,7 +182,7 @@ class LoRAModule(AdapterModule):
         with torch.no_grad():
             mod.lora_down.copy_(down.float().reshape(mod.lora_down.shape))
             mod.lora_up.copy_(up.float().reshape(g.out_features, r))
-            if tucker:
+            if mid is not None and mod.lora_mid is not None:
                 mod.lora_mid.copy_(mid.float())
         mod._load_dora_tensor(tensors)
         return mod

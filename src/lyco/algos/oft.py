@@ -6,6 +6,8 @@ import torch
 from ..errors import FileFormatError
 from .functional import oft as F_oft
 from .functional.common import factorization
+from .geometry import Geometry
+from .options import AlgoOptions
 from .orthogonal import OrthogonalModule
 from .registry import register
 from .support import row
@@ -22,7 +24,7 @@ class DiagOFTModule(OrthogonalModule):
                                 lycoris_lora="lycoris-lora 4.1.3 cannot load `rescale` (shape error)"),
     }
 
-    def block_shape(self, geom, opts):
+    def block_shape(self, geom: Geometry, opts: AlgoOptions) -> tuple[int, ...]:
         o = geom.out_features
         bs, n = factorization(o, opts.dim)
         if bs > n:
@@ -34,7 +36,7 @@ class DiagOFTModule(OrthogonalModule):
         return (n, bs, bs)
 
     @classmethod
-    def file_block_shape(cls, geom, blocks, name):
+    def file_block_shape(cls, geom: Geometry, blocks: torch.Tensor, name: str) -> tuple[int, ...]:
         n, bs, bs2 = blocks.shape
         o = geom.out_features
         if bs != bs2 or n * bs != o or (geom.groups > 1 and (o // geom.groups) % bs):

@@ -33,7 +33,7 @@ class AlgoOptions:
     init: str = "kaiming"
     path: str = "auto"
 
-    def replace(self, **changes: Any) -> "AlgoOptions":
+    def replace(self, **changes: Any) -> AlgoOptions:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ how the rotations are applied (:meth:`rotate_rows` / :meth:`rotate_channels`, bo
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,8 @@ class OrthogonalModule(MultiplicativeModule):
     #: number of dimensions of ``oft_blocks`` (how files tell the orthogonal algorithms apart)
     blocks_ndim: ClassVar[int] = 0
 
-    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "", base_weight=None, generator=None,
+    def __init__(self, geom: Geometry, opts: AlgoOptions, name: str = "",
+                 base_weight: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  initialize: bool = True, blocks: tuple[int, ...] | None = None) -> None:
         super().__init__(geom, opts, name, base_weight, generator, initialize)
         shape = tuple(blocks) if blocks is not None else self.block_shape(geom, opts)
@@ -57,13 +58,13 @@ class OrthogonalModule(MultiplicativeModule):
         tau = self.constraint * self.geom.out_features
         return F_oft.cayley(self.oft_blocks, tau)
 
-    def full_weight(self, W):
+    def full_weight(self, W: torch.Tensor) -> torch.Tensor:
         W1 = self.rotate_rows(W, self.rotations())
         if self.rescale is not None:
             W1 = W1 * self.rescale.float().reshape(-1, *([1] * (W.dim() - 1)))
         return W1
 
-    def transform_output(self, z):
+    def transform_output(self, z: torch.Tensor) -> torch.Tensor:
         z1 = self.rotate_channels(z, self.rotations().to(z.dtype))
         if self.rescale is not None:
             z1 = z1 * self.geom.channel_view(self.rescale.reshape(-1).to(z.dtype))
@@ -84,11 +85,12 @@ class OrthogonalModule(MultiplicativeModule):
         return d
 
     @classmethod
-    def detect(cls, tensors) -> bool:
+    def detect(cls, tensors: dict[str, torch.Tensor]) -> bool:
         return "oft_blocks" in tensors and tensors["oft_blocks"].dim() == cls.blocks_ndim
 
     @classmethod
-    def from_file(cls, geom, tensors, name, hints):
+    def from_file(cls, geom: Geometry, tensors: dict[str, torch.Tensor], name: str,
+                  hints: dict[str, Any]) -> Self:
         blocks = tensors["oft_blocks"]
         if blocks.dim() != cls.blocks_ndim:
             raise FileFormatError(f"key '{name}.oft_blocks' is {blocks.dim()}-D; {cls.algo} needs {cls.blocks_ndim}-D "
@@ -108,7 +110,7 @@ class OrthogonalModule(MultiplicativeModule):
         return mod
 
     @classmethod
-    def file_features(cls, name, parts):
+    def file_features(cls, name: str, parts: dict[str, torch.Tensor]) -> list[str]:
         out = [cls.algo]
         if f"{cls.algo}-constraint" in cls.support and "alpha" in parts and float(parts["alpha"].float().sum()) > 0:
             out.append(f"{cls.algo}-constraint")

@@ -7,11 +7,14 @@ imported and never changed afterwards.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
+    import torch
+
     from .base import AdapterModule
 
 #: every algorithm module of :mod:`lyco.algos`, in **file detection order**: a module's tensors belong to the
@@ -30,11 +33,11 @@ ALGORITHM_MODULES: tuple[str, ...] = (
     "dylora",   # LoRA files; never detected
 )
 
-_ALGOS: dict[str, type["AdapterModule"]] = {}
+_ALGOS: dict[str, type[AdapterModule]] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(cls: type["AdapterModule"], *, aliases: tuple[str, ...] = ()) -> type["AdapterModule"]:
+def register(cls: type[AdapterModule], *, aliases: tuple[str, ...] = ()) -> type[AdapterModule]:
     """Register an algorithm class under ``cls.algo`` (and aliases).  Its module must be in ALGORITHM_MODULES."""
     module = cls.__module__.rsplit(".", 1)[-1]
     if module not in ALGORITHM_MODULES:
@@ -55,7 +58,7 @@ def canonical(name: str) -> str:
     return n
 
 
-def get(name: str) -> type["AdapterModule"]:
+def get(name: str) -> type[AdapterModule]:
     return _ALGOS[canonical(name)]
 
 
@@ -63,21 +66,21 @@ def available() -> list[str]:
     return sorted(set(_ALGOS) | set(_ALIASES))
 
 
-def classes() -> Mapping[str, type["AdapterModule"]]:
+def classes() -> Mapping[str, type[AdapterModule]]:
     """Every registered algorithm class by canonical name."""
     return dict(_ALGOS)
 
 
-def _place(cls: type["AdapterModule"]) -> int:
+def _place(cls: type[AdapterModule]) -> int:
     module = cls.__module__.rsplit(".", 1)[-1]
     return ALGORITHM_MODULES.index(module) if module in ALGORITHM_MODULES else len(ALGORITHM_MODULES)
 
 
-def detection_order() -> list[type["AdapterModule"]]:
+def detection_order() -> list[type[AdapterModule]]:
     return sorted(_ALGOS.values(), key=_place)
 
 
-def detect(tensors) -> type["AdapterModule"] | None:
+def detect(tensors: dict[str, torch.Tensor]) -> type[AdapterModule] | None:
     """The algorithm a module's tensors (part name -> tensor) belong to (first match in ALGORITHM_MODULES order)."""
     for cls in detection_order():
         if cls.detect(tensors):
@@ -85,7 +88,7 @@ def detect(tensors) -> type["AdapterModule"] | None:
     return None
 
 
-def for_layer_kind(kind: str) -> type["AdapterModule"]:
+def for_layer_kind(kind: str) -> type[AdapterModule]:
     """The algorithm lyco uses for layers of ``kind`` that only one algorithm adapts (``"norm"``)."""
     found = [c for c in detection_order() if c.layer_kinds == frozenset({kind})]
     if len(found) != 1:

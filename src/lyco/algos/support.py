@@ -11,9 +11,9 @@ UI columns (ComfyUI, A1111, Forge, InvokeAI) and sd-scripts' own loader come fro
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 #: the clients of the support matrix, in display order
 CLIENTS = ("ComfyUI", "A1111", "Forge", "InvokeAI", "diffusers", "sd-scripts", "lycoris-lora", "PEFT")

@@ -124,7 +124,7 @@ def matched_keys(comp: Comparison, checkpoints: Iterable[Checkpoint]) -> list[tu
             continue
         if comp.epoch_from is None:
             other = index.get((comp.config_to, seed, epoch))
-        elif epoch == comp.epoch_from:
+        elif epoch == comp.epoch_from and comp.epoch_to is not None:
             other = index.get((comp.config_to, seed, comp.epoch_to))
         else:
             continue

@@ -135,7 +135,9 @@ def build_design(checkpoints: Sequence[Checkpoint], factors: Factors | None, set
     table = {col: [factors.get(c.config, col) if col != "epoch" else c.epoch for c in cks]  # type: ignore[union-attr]
              for col in cols}
     folded = [factors is not None and factors.algo(c.config) in folded_algos for c in cks]
-    features, categorical, columns = [], [], []
+    features: list[str] = []
+    categorical: list[str] = []
+    columns: list[list[float] | list[str]] = []
     algo_of = [factors.algo(c.config) if factors is not None else "" for c in cks]
     for col in sorted(cols, key=lambda c: (FEATURE_ORDER.index(c) if c in FEATURE_ORDER else 99, cols.index(c))):
         vals = table[col]
@@ -210,7 +212,7 @@ def holdout_r2(design: Design, rows: Sequence[int], y: np.ndarray, settings: Sha
     if len(by_config) < 2:
         return NAN
     pred = np.empty(len(rows))
-    for config, idx in by_config.items():
+    for idx in by_config.values():
         skip = set(idx)
         train = [j for j in range(len(rows)) if j not in skip]
         pred[idx] = _fit_predict(design, [rows[j] for j in train], y[train], [rows[j] for j in idx], settings)

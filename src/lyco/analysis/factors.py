@@ -110,7 +110,8 @@ def _normalised(raw: FactorRows) -> dict[str, dict[str, str]]:
                 try:
                     v = norm_number(v)
                 except ValueError:
-                    raise ConfigError(f"{raw.source}: column {col!r} of config {config!r} is {v!r}, not a number") from None
+                    raise ConfigError(f"{raw.source}: column {col!r} of config {config!r} is {v!r}, "
+                                      "not a number") from None
             elif col not in NOT_FACTORS:
                 try:
                     v = norm_number(v) if v else v

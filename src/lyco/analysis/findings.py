@@ -102,7 +102,8 @@ def _checks() -> list[Check]:
                          f"{CRITERION_TEXT[crit]} shows no discernible change", "conv"))
     for crit in CRITERIA:
         out.append(Check("F5", f"F5 capacity {crit}", "capacity", crit, "More capacity (higher dim at fixed dim/α, "
-                         f"smaller LoKr factor) behaves like a higher lr: {CRITERION_TEXT[crit]} {ARROW[FITTING[crit]]}"))
+                         "smaller LoKr factor) behaves like a higher lr: "
+                         f"{CRITERION_TEXT[crit]} {ARROW[FITTING[crit]]}"))
     for crit in CRITERIA:
         out.append(Check("F5", f"F5 scale {crit}", "scale", crit, "A lower scale α/dim (the α = 1 variants) is less "
                          "fitting, which can reverse the capacity effect: with a higher scale, "

@@ -52,7 +52,8 @@ def check_outputs(out: Path, study: Study, options: AnalysisOptions) -> None:
         raise ConfigError(f"output {clash[0]} is one of the inputs; choose another output folder (--out)")
     existing = [p for p in planned if p.exists()]
     if existing and not options.overwrite:
-        shown = ", ".join(str(p) for p in existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+        shown = (", ".join(str(p) for p in existing[:4])
+                 + (f" and {len(existing) - 4} more" if len(existing) > 4 else ""))
         raise ConfigError(f"{out} already holds an analysis ({shown}); choose another folder with --out, or pass "
                           "--overwrite to replace it")
 

@@ -44,11 +44,11 @@ def factor_scatter_png(class_rows: Sequence[Row], category: str, algos: Mapping[
     series: dict[str, list[tuple[str, Any, Any]]] = {}
     for config in sorted(algos, key=natural_key):
         epochs = sorted({k[2] for k in summary if k[1] == config}, key=natural_key)
-        pts = [(e, summary.get((category, config, e, x.column)), summary.get((category, config, e, y.column)))
-               for e in epochs]
-        pts = [p for p in pts if p[1] is not None and p[2] is not None]
-        if pts:
-            series[config] = pts
+        found = [(e, summary.get((category, config, e, x.column)), summary.get((category, config, e, y.column)))
+                 for e in epochs]
+        found = [p for p in found if p[1] is not None and p[2] is not None]
+        if found:
+            series[config] = found
     plt = _pyplot()
     if plt is None or not series:
         return None
@@ -84,7 +84,7 @@ def factor_scatter_png(class_rows: Sequence[Row], category: str, algos: Mapping[
 
 def _colour_values(values: Sequence[Any]) -> np.ndarray:
     """Feature values → [0, 1] for the colour map (categories by sorted order); NaN where missing."""
-    nums = []
+    nums: list[str | float] = []
     for v in values:
         if isinstance(v, str):
             nums.append(v)
@@ -129,7 +129,7 @@ def beeswarm_png(features: Sequence[str], values: Sequence[Sequence[Any]], shap:
     fig, ax = plt.subplots(figsize=(5.2, 0.55 * len(features) + 1.3), dpi=96)
     try:
         cmap = plt.get_cmap("coolwarm")
-        for f, name in enumerate(features):
+        for f, _name in enumerate(features):
             yrow = len(features) - 1 - f
             s = shap[:, f]
             c = _colour_values([row[f] for row in values])

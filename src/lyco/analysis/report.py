@@ -12,6 +12,7 @@ import base64
 import html
 import io
 from collections.abc import Sequence
+from typing import cast
 
 from PIL import Image as PILImage
 
@@ -87,7 +88,7 @@ def _findings(outcome: AnalysisOutcome) -> str:
         for c in cats:
             row = by[(name, c)]
             verdict = str(row["verdict"])
-            title = f"delta {fmt(row['delta'])} ± {fmt(row['stderr'])} (n {row['n']})"
+            title = f"delta {fmt(cast(float, row['delta']))} ± {fmt(cast(float, row['stderr']))} (n {row['n']})"
             cells.append(td("findings", row, "verdict", cls=f"verdict {verdict.replace(' ', '-')}")
                          .replace("<td ", f"<td title=\"{_e(title)}\" ", 1))
         out.append(f"<tr><th>{_e(name)}</th><td class=note>{_e(statements[name])}</td>{''.join(cells)}</tr>")
@@ -265,7 +266,7 @@ def _thumb(path, size: int) -> str:
         scale = size / max(im.size)
         if scale != 1:
             im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                           PILImage.NEAREST if scale > 1 else PILImage.LANCZOS)
+                           PILImage.Resampling.NEAREST if scale > 1 else PILImage.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     return _uri(buf.getvalue())

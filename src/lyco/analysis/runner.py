@@ -63,8 +63,8 @@ def plan_study(results: ResultsSource, factors: FactorsSource | None, options: A
         if wanted is not None and wanted not in have:
             raise ConfigError(f"{opt} {wanted!r}: no metric column of {res.source} has it{did_you_mean(wanted, have)}"
                               f" (column {opt!r} has: {', '.join(sorted(have))})")
-    study = Study(res, sorted(pool, key=_ck_order), coded, resolve_targets(res.columns, options.encoder, options.resize),
-                  direction, [], inputs)
+    study = Study(res, sorted(pool, key=_ck_order), coded,
+                  resolve_targets(res.columns, options.encoder, options.resize), direction, [], inputs)
     missing = [t.label for t in TARGETS if t.key not in study.targets]
     if missing:
         study.notes.append(f"no column for {', '.join(missing)}: those targets are left out")
@@ -84,7 +84,8 @@ def _factors(source: FactorsSource, pool_configs: set[str], dropped: set[str]) -
     unknown = [c for c in raw.rows if c not in pool_configs and c not in dropped]
     if unknown:
         raise ConfigError(f"{raw.source}: column 'config' has {', '.join(repr(c) for c in unknown)}, not in the "
-                          f"result table{did_you_mean(unknown[0], pool_configs)}; remove the row or evaluate that config")
+                          f"result table{did_you_mean(unknown[0], pool_configs)}; remove the row or evaluate "
+                          "that config")
     absent = sorted(pool_configs - set(raw.rows) - {BASE}, key=natural_key)     # a ranked base needs no row
     if absent:
         raise ConfigError(f"{raw.source}: column 'config' lacks {', '.join(repr(c) for c in absent)} of the result "

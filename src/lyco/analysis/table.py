@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 from ..errors import ConfigError, did_you_mean
 from ..eval.metrics import REGISTRY
@@ -25,7 +24,7 @@ NAN = float("nan")
 REQUIRED = ("category", "class", "checkpoint", "metric", "value")
 OPTIONAL = ("level", "subclass", "config", "seed", "epoch", "encoder", "resize", "prompt_type")
 #: what :func:`load_results` accepts: a CSV path, Row objects or dicts with the CSV's keys
-ResultsSource = Union[str, Path, Sequence[Row], Sequence[Mapping[str, object]]]
+ResultsSource = str | Path | Sequence[Row] | Sequence[Mapping[str, object]]
 
 
 @dataclass(frozen=True)
@@ -124,6 +123,7 @@ def _row_from(d: Mapping[str, object], source: str, where: str) -> Row | None:
 
 def load_results(source: ResultsSource) -> Results:
     """Read and check a result table (a CSV path, or rows from memory)."""
+    dicts: Sequence[Mapping[str, object]]
     if isinstance(source, (str, Path)):
         path = Path(source)
         header, dicts = _open_csv(path, "result table")
@@ -155,7 +155,8 @@ def _checkpoints(rows: Sequence[Row], source: str) -> dict[str, Checkpoint]:
                               f"{ck.epoch}); columns 'config', 'seed' and 'epoch' must be the same on all its rows")
         key = (r.checkpoint, r.leaf, r.column)
         if key in seen:
-            raise ConfigError(f"{source}: two rows for checkpoint {r.checkpoint!r}, leaf {'/'.join(p for p in r.leaf if p)}"
+            raise ConfigError(f"{source}: two rows for checkpoint {r.checkpoint!r}, "
+                              f"leaf {'/'.join(p for p in r.leaf if p)}"
                               f", metric column {'/'.join(r.column)}; each number must appear once")
         seen.add(key)
     by_label: dict[tuple[str, str, str], str] = {}
@@ -191,7 +192,7 @@ class FactorRows:
     source: str
 
 
-FactorsSource = Union[str, Path, Sequence[Mapping[str, object]]]
+FactorsSource = str | Path | Sequence[Mapping[str, object]]
 
 
 def load_factor_rows(source: FactorsSource) -> FactorRows:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ def rgb(img: Image.Image) -> Image.Image:
 
 def resize_square(img: Image.Image, size: int) -> Image.Image:
     """Plain (aspect-changing) bicubic resize to size×size: generated images."""
-    return rgb(img).resize((size, size), Image.BICUBIC)
+    return rgb(img).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def letterbox(img: Image.Image, size: int) -> Image.Image:
@@ -51,7 +52,7 @@ def letterbox(img: Image.Image, size: int) -> Image.Image:
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     canvas = Image.new("RGB", (size, size), (0, 0, 0))
-    canvas.paste(img.resize((nw, nh), Image.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
+    canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
     return canvas
 
 
@@ -68,7 +69,7 @@ def short_side(img: Image.Image, size: int) -> Image.Image:
     img = rgb(img)
     w, h = img.size
     scale = size / min(w, h)
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
 
 
 RESIZERS = {"resize": resize_square, "letterbox": letterbox, "center_crop": center_crop, "short_side": short_side}
@@ -183,6 +184,7 @@ class ClipBackbone(Backbone):
     """CLIP image and text embeddings after projection, unnormalised."""
 
     kind = "clip"
+    model: Any  # a transformers CLIPModel, or an open_clip model (OpenClipBackbone)
 
     def __init__(self, model: nn.Module, tokenizer: Any, max_length: int, **kw: Any) -> None:
         self.tokenizer = tokenizer
@@ -248,7 +250,8 @@ class VGGTaps(nn.Module):
     def __init__(self, net: nn.Module, taps: str = "relu") -> None:
         super().__init__()
         self.layers = tap_indices(taps)
-        self.features = net.features[: max(self.layers) + 1]
+        features: Any = net.features  # a VGG's nn.Sequential
+        self.features: nn.Sequential = features[: max(self.layers) + 1]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -344,7 +347,7 @@ def load_clip(path: str | Path, *, image_size: int | None = None, device: torch.
 
 def _load_open_clip(p: Path, *, image_size: int | None, device: torch.device, dtype: str) -> ClipBackbone:
     try:
-        import open_clip  # type: ignore[import-not-found]
+        import open_clip
     except ImportError:
         raise ConfigError(f"backbones.clip = {p}: an open_clip folder needs the 'open_clip_torch' package; install it "
                           "or use the transformers CLIPModel folder of the same weights") from None

@@ -20,16 +20,25 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .. import builtin
 from ..errors import ConfigError, did_you_mean
 from ..validation import format_validation_error
 from .metrics import DEFAULT_METRICS, PROMPT_TYPES, REGISTRY
 
-PromptSource = Union[str, list[str], None]
+PromptSource = str | list[str] | None
 
 
 class _Model(BaseModel):
@@ -51,7 +60,7 @@ class Checkpoint(_Model):
     concepts: list[str] | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "Checkpoint":
+    def _one_source(self) -> Checkpoint:
         if self.adapter is None and self.model is None:
             raise ValueError(f"checkpoint {self.name!r}: give 'adapter' (a file) or 'model' (a full model)")
         if isinstance(self.multiplier, list) and not self.multiplier:
@@ -105,12 +114,17 @@ class Backbones(_Model):
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
 
 
+_DEFAULT_ENCODERS: tuple[Literal["dino", "clip"], ...] = ("dino",)
+_DEFAULT_RESIZE: tuple[Literal["letterbox", "resize", "center_crop"], ...] = ("letterbox",)
+
+
 class Metrics(_Model):
     names: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     #: encoders for image similarity / SCD / diversity / preservation similarity
-    image_encoders: list[Literal["dino", "clip"]] = Field(default_factory=lambda: ["dino"])
+    image_encoders: list[Literal["dino", "clip"]] = Field(default_factory=lambda: list(_DEFAULT_ENCODERS))
     #: how dataset images are brought to the encoder's square input (generated images are plainly resized)
-    dataset_resize: list[Literal["letterbox", "resize", "center_crop"]] = Field(default_factory=lambda: ["letterbox"])
+    dataset_resize: list[Literal["letterbox", "resize", "center_crop"]] = Field(
+        default_factory=lambda: list(_DEFAULT_RESIZE))
     #: style-loss taps: "relu" (relu1_1…relu5_1, what the paper's numbers are) or "conv" (true pre-activation)
     vgg_taps: Literal["relu", "conv"] = "relu"
     #: replacement table for text similarity: the concepts' own rows, the paper's table (+ concepts'), or none
@@ -186,7 +200,7 @@ class Concept(_Model):
     leak: StrictBool = True
 
     @model_validator(mode="after")
-    def _named(self) -> "Concept":
+    def _named(self) -> Concept:
         if self.world is None and self.dataset is None and not self.descriptor:
             raise ValueError(f"concept {self.class_ or '?'}: give 'descriptor' (or a micro-world 'world' / 'dataset')")
         return self
@@ -216,7 +230,7 @@ class EvalConfig(_Model):
             raise ConfigError(format_validation_error(exc, EvalConfig, "invalid eval config")) from None
 
     @model_validator(mode="after")
-    def _unique(self) -> "EvalConfig":
+    def _unique(self) -> EvalConfig:
         names = [c.name for c in self.checkpoints]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .metrics import get_metric
 from .rank import Point, Row, seed_summary
@@ -61,7 +61,7 @@ def scatter_png(rows: Sequence[Row], category: str, x: Axis, y: Axis, field: str
         return None
     summary = seed_summary([r for r in rows if r.category == category], field=field)
     points: dict[tuple[str, str], dict[str, Point]] = {}
-    for (cat, config, epoch, column), p in summary.items():
+    for (_cat, config, epoch, column), p in summary.items():
         if column in (x.column, y.column):
             points.setdefault((config, epoch), {})["x" if column == x.column else "y"] = p
     pairs = [(k, v["x"], v["y"]) for k, v in sorted(points.items()) if "x" in v and "y" in v]

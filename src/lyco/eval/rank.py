@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
-from typing import Callable, Collection, Iterable
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class Row:
         return {k: getattr(self, "class_" if k == "class" else k) for k in COLUMNS}     # (asdict deep-copies: slow)
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> "Row":
+    def from_dict(cls, d: dict[str, object]) -> Row:
         kw = {("class_" if k == "class" else k): v for k, v in d.items() if k in COLUMNS}
         kw["value"] = float(kw.get("value", NAN))  # type: ignore[arg-type]
         kw["score"] = float(kw.get("score", NAN))  # type: ignore[arg-type]

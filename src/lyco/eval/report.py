@@ -15,8 +15,9 @@ import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -139,7 +140,7 @@ def _thumb(path: Path, size: int) -> str:
         scale = size / max(im.size)
         if scale != 1:   # small images are enlarged without smoothing, large ones shrunk smoothly
             im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                           Image.NEAREST if scale > 1 else Image.LANCZOS)
+                           Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -167,12 +168,14 @@ def _grids(cfg: EvalConfig, outcome: Outcome) -> str:
             base_jobs = plan.sets.get(("base", leaf.id, ptype), [])
             picks = _spread(len(base_jobs), n)
             head = "".join(f"<td class=prompt title=\"{html.escape(base_jobs[k].prompt)}\">"
-                           f"{html.escape(_short(base_jobs[k].prompt))}<br>seed {base_jobs[k].seed}</td>" for k in picks)
+                           f"{html.escape(_short(base_jobs[k].prompt))}<br>seed {base_jobs[k].seed}</td>"
+                           for k in picks)
             rows = [f"<tr><th>{html.escape(PROMPT_TYPE_LABELS[ptype])}</th>{head}</tr>"]
             for v in variants:
                 jobs = plan.sets[(v.name, leaf.id, ptype)]
                 cells = "".join(f"<td><img src=\"{_thumb(jobs[k].path(cfg.cache_dir), cfg.report.thumb_size)}\" "
-                                f"alt=\"{html.escape(v.name)} {ptype} {k}\" title=\"{html.escape(jobs[k].prompt)}\"></td>"
+                                f"alt=\"{html.escape(v.name)} {ptype} {k}\" "
+                                f"title=\"{html.escape(jobs[k].prompt)}\"></td>"
                                 for k in picks if k < len(jobs))
                 rows.append(f"<tr><th>{html.escape(v.name)}</th>{cells}</tr>")
             parts.append("<table class=grid>" + "".join(rows) + "</table>")

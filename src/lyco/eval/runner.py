@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,8 +25,16 @@ from ..sd.pipelines import resolve_model_path
 from .backbones import Backbone, load_clip, load_dino, load_vgg, resolve_device, resolve_weights
 from .config import EvalConfig
 from .features import FeatureCache, extract, file_sha256
-from .generate import (ImageJob, Variant, adapter_identity, job_key, model_identity, run_generation, settings_dict,
-                       windows)
+from .generate import (
+    ImageJob,
+    Variant,
+    adapter_identity,
+    job_key,
+    model_identity,
+    run_generation,
+    settings_dict,
+    windows,
+)
 from .metrics import Metric, get_metric, higher_is_better
 from .plan import Outcome, Plan
 from .prompts import Leaf, build_leaves
@@ -94,11 +103,11 @@ def build_plan(cfg: EvalConfig) -> Plan:
     base = variants[0].model
     g = cfg.generation
     side = None if (g.width and g.height) else native_resolution(base)
-    size = (g.width or side, g.height or side)
+    size = cast(tuple[int, int], (g.width or side, g.height or side))  # side is set when either is missing
     settings = settings_dict(g, size[0], size[1])
     memo: dict[tuple, str] = {}
     model_ids = {v.model: model_identity(v.model) for v in variants}
-    plan = Plan(leaves, variants, {}, size, settings)  # type: ignore[arg-type]
+    plan = Plan(leaves, variants, {}, size, settings)
     for v in variants:
         adapter_id = adapter_identity(v.adapter, memo)
         for leaf in plan.leaves_of(v):
@@ -208,7 +217,7 @@ class Backbones:
         if kind not in self._loaded:
             b = self.cfg.backbones
             path = self.cfg.backbone_path(kind)
-            kw = dict(device=self.device, dtype=b.dtype)
+            kw: dict[str, Any] = dict(device=self.device, dtype=b.dtype)
             if kind == "dino":
                 self._loaded[kind] = load_dino(path, image_size=b.image_size, **kw)
             elif kind == "clip":
@@ -378,10 +387,10 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, report: bool = True) -> 
     backbones = Backbones(cfg, bb_device)
     memo: dict[tuple, str] = {}
     needs = feature_needs(cfg, plan)
-    mine = shard_needs(needs, cfg.backbones.batch_size, rank, world)
-    keys, vectors = extract_needs(mine, backbones, cfg, memo, show)
+    my_needs = shard_needs(needs, cfg.backbones.batch_size, rank, world)
+    keys, vectors = extract_needs(my_needs, backbones, cfg, memo, show)
     if world > 1:
-        log.info("process %d/%d: generated %d images, extracted %d features", rank, world, made, len(mine))
+        log.info("process %d/%d: generated %d images, extracted %d features", rank, world, made, len(my_needs))
     gathered = gather_object([(keys, vectors)])
     state.wait_for_everyone()
     if not main:

@@ -28,14 +28,14 @@ def shape_of(value: Any) -> tuple[int, ...] | None:
     return tuple(int(s) for s in shape) if shape is not None else None
 
 
-def _existing(path: str | os.PathLike) -> Path:
+def _existing(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():
         raise FileFormatError(f"{p}: no such file")
     return p
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
     """(tensors, safetensors metadata, other top-level entries such as ``global_step``) of a checkpoint file.
 
     ``.safetensors`` is read with safetensors; ``.ckpt``/``.pt``/``.pth``/``.bin`` only with
@@ -50,7 +50,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     raise FileFormatError(f"{p}: unknown checkpoint extension {p.suffix!r}; expected .safetensors, .ckpt or .pt")
 
 
-def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...] | None]:
+def checkpoint_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...] | None]:
     """Key -> shape of a checkpoint file, reading only the header of a ``.safetensors`` file."""
     p = _existing(path)
     if p.suffix.lower() == ".safetensors":

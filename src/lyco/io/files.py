@@ -6,6 +6,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -17,7 +18,7 @@ from .atomic import write_atomic
 _PICKLE_EXT = {".pt", ".pth", ".ckpt", ".bin"}
 
 
-def _check_header(path: Path, raw: bytes) -> dict:
+def _check_header(path: Path, raw: bytes) -> dict[str, Any]:
     size = len(raw)
     if size < 8:
         raise FileFormatError(f"{path}: not a safetensors file ({size} bytes; the file is empty or truncated)")
@@ -45,7 +46,7 @@ def _check_header(path: Path, raw: bytes) -> dict:
     return header
 
 
-def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata of an adapter file (.safetensors; .pt/.ckpt with weights_only loading)."""
     p = Path(path)
     if not p.is_file():
@@ -70,7 +71,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     p = Path(path)
     with open(p, "rb") as f:
         head = f.read(8)
@@ -111,13 +112,13 @@ def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     return model_hash, legacy
 
 
-def data_section_sha256(path: str | os.PathLike) -> str:
+def data_section_sha256(path: str | os.PathLike[str]) -> str:
     raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     return hashlib.sha256(raw[8 + n:]).hexdigest()
 
 
-def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+def write_file(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Write atomically (:mod:`lyco.io.atomic`).  Refuses NaN/Inf and non-string metadata."""
     p = Path(path)
     if p.suffix.lower() in _PICKLE_EXT:

@@ -14,8 +14,8 @@ from PIL import Image, ImageOps
 
 def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> tuple[Image.Image, str | None]:
     """Open an image as 8-bit RGB; returns (image, conversion note or None)."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
+    with Image.open(path) as opened:
+        im: Image.Image = ImageOps.exif_transpose(opened)
         mode = im.mode
         note = None
         if mode in ("RGBA", "LA") or (mode == "P" and "transparency" in im.info):

@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ class ForeignAdapter:
     part: str  # "model" (the whole model), or "unet" / "text_encoder" / "text_encoder_2"
     kind: str  # e.g. "PEFT LORA", "diffusers LoRA"
     modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def layout_of(tensors: dict[str, torch.Tensor]) -> str | None:
@@ -72,7 +73,7 @@ def _split(key: str) -> tuple[str, str]:
     raise FileFormatError(f"unknown adapter key {key!r} (lyco reads PEFT/diffusers LoRA, LoHa and LoKr keys)")
 
 
-def _pattern(patterns: dict, path: str, default):
+def _pattern(patterns: dict[str, Any] | None, path: str, default: Any) -> Any:
     for pat, value in (patterns or {}).items():
         if re.match(rf"(.*\.)?({pat})$", path):
             return value
@@ -86,7 +87,7 @@ def _weights_file(folder: Path) -> Path:
     raise FileFormatError(f"{folder}: {CONFIG} without adapter_model.safetensors")
 
 
-def _read_config(path: Path) -> dict:
+def _read_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -100,7 +101,7 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
-def _peft_adapter(part: str, weights: Path, cfg: dict) -> ForeignAdapter:
+def _peft_adapter(part: str, weights: Path, cfg: dict[str, Any]) -> ForeignAdapter:
     tensors, _ = read_file(weights)
     bad = [k for k in tensors if not k.startswith(PEFT_PREFIX)]
     if bad:

@@ -27,7 +27,7 @@ def loading_problems(info: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def load_pretrained(cls: Any, path: str | os.PathLike, *, what: str, **kwargs: Any) -> Any:
+def load_pretrained(cls: Any, path: str | os.PathLike[str], *, what: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained(path, **kwargs)``, raising when any weight is missing, unused or mis-shaped."""
     model, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
     problems = loading_problems(info)

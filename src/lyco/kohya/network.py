@@ -51,6 +51,10 @@ class LycoKohyaNetwork(nn.Module):
     """The adapters are attached at :meth:`apply_to`.  The state dict has the file's keys (``lora_unet_….lora_down
     .weight``, ``….alpha``), each tensor once, so ``load_state_dict(file_tensors)`` works as sd-scripts expects."""
 
+    # the models, as plain references (set through __dict__ in __init__)
+    _te: Any
+    _unet: nn.Module | None
+
     def __init__(self, config: AdapterConfig | None, multiplier: float, extras: dict[str, Any],
                  text_encoder: Any = None, unet: nn.Module | None = None) -> None:
         super().__init__()
@@ -167,7 +171,8 @@ class LycoKohyaNetwork(nn.Module):
     def is_mergeable(self) -> bool:
         return True
 
-    def set_loraplus_lr_ratio(self, loraplus_lr_ratio=None, loraplus_unet_lr_ratio=None, loraplus_text_encoder_lr_ratio=None):
+    def set_loraplus_lr_ratio(self, loraplus_lr_ratio=None, loraplus_unet_lr_ratio=None,
+                              loraplus_text_encoder_lr_ratio=None):
         self.loraplus_lr_ratio = loraplus_lr_ratio
         self.loraplus_unet_lr_ratio = loraplus_unet_lr_ratio
         self.loraplus_text_encoder_lr_ratio = loraplus_text_encoder_lr_ratio

@@ -41,7 +41,8 @@ def _shapes(m: AdapterModule) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
-def _mismatch(name: str, ours: AdapterModule, parts: dict[str, torch.Tensor]) -> tuple[str | None, AdapterModule | None]:
+def _mismatch(name: str, ours: AdapterModule,
+              parts: dict[str, torch.Tensor]) -> tuple[str | None, AdapterModule | None]:
     """(problem, None) or (None, module rebuilt from the file's tensors with the network module's geometry)."""
     cls = registry.detect(parts)
     if cls is None:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, overload
 
 from ..config import AdapterConfig
 from ..errors import ConfigError
@@ -73,6 +73,17 @@ def attach(pipe: Any, config: AdapterConfig | None = None, *, text_encoder: bool
     net = build_network(roots(pipe, unet=unet, text_encoder=text_encoder, te_config=te_cfg), config, multiplier)
     net.base_metadata.update(adapter_metadata(model_info(pipe)))
     return net
+
+
+@overload
+def load(pipe: Any, file: Any, /, *, multiplier: float = 1.0, unet_multiplier: float | None = None,
+         te_multiplier: float | None = None, strict: bool = True, allow_nonfinite: bool = False) -> Network: ...
+
+
+@overload
+def load(pipe: Any, *files: Any, multiplier: float = 1.0, unet_multiplier: float | None = None,
+         te_multiplier: float | None = None, strict: bool = True, allow_nonfinite: bool = False,
+         ) -> Network | list[Network]: ...
 
 
 def load(pipe: Any, *files: Any, multiplier: float = 1.0, unet_multiplier: float | None = None,

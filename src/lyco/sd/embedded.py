@@ -43,7 +43,8 @@ def _tokenizer_files(tok: Any) -> dict[str, str] | None:
 
 def pipeline_metadata(pipe: Any) -> dict[str, str]:
     """The ``lyco.*`` metadata describing ``pipe``'s architecture (and non-standard tokenizers)."""
-    encoders = [t for t in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if t is not None]
+    encoders = [t for t in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+                if t is not None]
     scheduler = getattr(pipe, "scheduler", None)
     cfg = {"pipeline": type(pipe).__name__, "unet": _plain(pipe.unet.config), "vae": _plain(pipe.vae.config),
            "text_encoders": [_plain(t.config) for t in encoders],

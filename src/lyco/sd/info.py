@@ -63,7 +63,8 @@ def model_info(pipe: Any, name: str = "") -> ModelInfo:
 
 def adapter_metadata(info: ModelInfo, title: str = "") -> dict[str, str]:
     """``ss_*`` base-model keys and SAI ModelSpec keys for an adapter trained on ``info``."""
-    base_version, arch = _ARCH[(info.family, info.prediction_type if info.prediction_type in ("epsilon", "v_prediction") else "epsilon")]
+    prediction = info.prediction_type if info.prediction_type in ("epsilon", "v_prediction") else "epsilon"
+    base_version, arch = _ARCH[(info.family, prediction)]
     meta = {
         "ss_base_model_version": base_version,
         "ss_v2": str(info.family == "sd2"),
@@ -72,7 +73,7 @@ def adapter_metadata(info: ModelInfo, title: str = "") -> dict[str, str]:
         "modelspec.architecture": arch,
         "modelspec.implementation": SGM_URL if info.is_sdxl else "diffusers",
         "modelspec.resolution": f"{info.resolution}x{info.resolution}",
-        "modelspec.date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "modelspec.date": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "modelspec.prediction_type": info.prediction_type,
     }
     if info.name:

@@ -69,7 +69,8 @@ def _vae_key_to_ldm(key: str, n_up: int) -> str:
 
 
 def _vae_to_ldm(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
-    n_up = len(vae.config["up_block_types"])
+    config: Any = vae.config  # a diffusers AutoencoderKL
+    n_up = len(config["up_block_types"])
     out: dict[str, torch.Tensor] = {}
     for key, value in vae.state_dict().items():
         ldm = _vae_key_to_ldm(key, n_up)
@@ -95,7 +96,8 @@ def _clip_to_ldm(te: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
         out[prefix + k] = value
     ids = prefix + "text_model.embeddings.position_ids"
     if ids not in out:
-        out[ids] = torch.arange(te.config.max_position_embeddings, dtype=torch.int64)[None]
+        te_config: Any = te.config  # a transformers CLIP text config
+        out[ids] = torch.arange(te_config.max_position_embeddings, dtype=torch.int64)[None]
     return out
 
 
@@ -155,11 +157,12 @@ def _pad_sd2_text_encoder(sd: dict[str, torch.Tensor], te: torch.nn.Module) -> N
     gets a copy of the last kept block in the dropped block's place and an identity ``text_projection``: strict
     loaders find every key, and no SD2 pipeline uses them (loading drops them again).
     """
-    n = te.config.num_hidden_layers
+    config: Any = te.config  # a transformers CLIP text config
+    n = config.num_hidden_layers
     last, new = f"{OPENCLIP_SD2}transformer.resblocks.{n - 1}.", f"{OPENCLIP_SD2}transformer.resblocks.{n}."
     for key in [k for k in sd if k.startswith(last)]:
         sd[new + key[len(last):]] = sd[key].clone()
-    width = te.config.hidden_size
+    width = config.hidden_size
     sd[OPENCLIP_SD2 + "text_projection"] = torch.eye(width, dtype=sd[OPENCLIP_SD2 + "ln_final.weight"].dtype)
 
 

@@ -10,7 +10,8 @@ Loading accepts both UNet spellings for every family; writing never mixes them.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 UNET_PREFIX = "lora_unet"
 

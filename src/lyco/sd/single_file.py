@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from safetensors.torch import save_file
@@ -23,9 +23,15 @@ from ..builtin import DATA_DIR
 from ..errors import ConfigError, FileFormatError
 from ..io.atomic import atomic_path
 from ..io.checkpoint import read_checkpoint
-from .ldm_convert import (TEXT_PREFIXES, build_text_encoder, build_unet, build_vae, infer_pipeline_family,
-                          to_ldm_state_dict)
 from .embedded import configs_from_metadata, pipeline_metadata, tokenizers_from_metadata
+from .ldm_convert import (
+    TEXT_PREFIXES,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    infer_pipeline_family,
+    to_ldm_state_dict,
+)
 from .ldm_detect import CheckpointInfo, detect_family, inspect_checkpoint
 from .tokenizers import ENV_VARS, resolve_tokenizer
 
@@ -63,7 +69,7 @@ class _Configs:
     unet: dict[str, Any]
     vae: dict[str, Any]
     text_encoders: list[Any]  # transformers CLIPTextConfig per encoder
-    scheduler_cls: type
+    scheduler_cls: Any  # a diffusers scheduler class
     scheduler: dict[str, Any]
     pipeline: dict[str, Any] = field(default_factory=dict)
     tokenizers: dict[int, Any] = field(default_factory=dict)  # from a pipeline given as config
@@ -162,6 +168,14 @@ def resolve_prediction_type(family: str, explicit: str | None, evidence: tuple[s
 
 
 # ------------------------------------------------------------------------------------------------------ loading
+@overload
+def _resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torch.dtype: ...
+
+
+@overload
+def _resolve_dtype(dtype: torch.dtype | str | None, default: None) -> torch.dtype | None: ...
+
+
 def _resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None) -> torch.dtype | None:
     if dtype is None:
         return default

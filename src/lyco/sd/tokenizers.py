@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError, MissingTokenizerError
 
@@ -133,7 +133,7 @@ def _cached_folder(src: CacheSource, cache_dir: Path) -> Path | None:
              for name in ("vocab.json", "merges.txt")]
     if not all(isinstance(f, str) for f in found):
         return None
-    return Path(found[0]).parent
+    return Path(cast(str, found[0])).parent
 
 
 def _from_cache(src: CacheSource, cache_dir: Path) -> Any:

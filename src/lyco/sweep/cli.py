@@ -82,7 +82,8 @@ def _plan(sw: Sweep, ex: ExecutorConfig) -> int:
 
 def _measured(sw: Sweep, manifest: Manifest | None) -> list[str]:
     """Speeds measured by the finished work: seconds per training step (start-up included) and per image."""
-    secs, steps, memo = 0.0, 0, {}
+    secs, steps = 0.0, 0
+    memo: dict[str, int | None] = {}
     for r in sw.runs:
         ends = [e for e in read_attempts(sw.out, r.name) if e.get("event") == "end"]
         if len(ends) == 1 and ends[0].get("state") == "finished":
@@ -113,7 +114,8 @@ def _run_lines(sw: Sweep, manifest: Manifest | None) -> list[str]:
         note = st.note or (f"last state: step {st.last_state}" if st.last_state is not None and st.state != "finished"
                            else "")
         note = "; ".join(x for x in (note, err) if x)
-        lines.append(f"  {r.name:<16} {st.state:<12} {len(st.checkpoints)}/{len(r.points):<10} {len(starts):>8}  {note}")
+        lines.append(f"  {r.name:<16} {st.state:<12} {len(st.checkpoints)}/{len(r.points):<10} {len(starts):>8}  "
+                     f"{note}")
     lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return lines
 
@@ -147,7 +149,7 @@ def _status(sw: Sweep) -> int:
     return 0
 
 
-def _sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+def _sigterm(signum, frame):  # a signal handler's signature
     raise KeyboardInterrupt
 
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
 from ..errors import ConfigError
 from ..validation import format_validation_error
 
-Label = Union[StrictBool, StrictInt, float, StrictStr]
+Label = StrictBool | StrictInt | float | StrictStr
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,10 @@ class _Strict(BaseModel):
 class ConfigEntry(_Strict):
     """One configuration: what it changes on the base run, and its labels."""
 
-    id: Union[StrictStr, StrictInt]
+    if TYPE_CHECKING:
+        id: str  # what the validator below makes of the input
+    else:
+        id: StrictStr | StrictInt
     label: str = ""
     #: nested tables deep-merged into the base run (TOML dotted keys: ``{ network.dim = 32, train.lr = 1e-4 }``)
     set: dict[str, Any] = Field(default_factory=dict)
@@ -81,7 +84,7 @@ class AnalyzeConfig(_Strict):
     """How the analysis stage runs :func:`lyco.analysis.analyze` (``analyze = false`` skips it)."""
 
     #: configurations left out before ranking (they are still trained and evaluated)
-    exclude: list[Union[StrictStr, StrictInt]] = Field(default_factory=list)
+    exclude: list[StrictStr | StrictInt] = Field(default_factory=list)
     #: image encoder and dataset resize mode of the ImSim / Vendi targets (default: dino, letterbox)
     encoder: str | None = None
     resize: str | None = None
@@ -118,17 +121,17 @@ class SweepConfig(_Strict):
     out: str = Field(..., description="the sweep's folder: runs, evaluation, analysis, manifest")
     #: a `lyco train` config file (its relative paths are read as `lyco train` does: from the working folder),
     #: or its tables inline (relative paths from the sweep file's folder)
-    base: Union[str, dict[str, Any]]
+    base: str | dict[str, Any]
     seeds: list[StrictInt] = Field(..., min_length=1)
     save_epochs: list[StrictInt] | None = None
     save_steps: list[StrictInt] | None = None
     grid: Literal["paper"] | None = None
     #: only these grid configurations (default: all)
-    include: list[Union[StrictStr, StrictInt]] | None = None
-    exclude: list[Union[StrictStr, StrictInt]] = Field(default_factory=list)
+    include: list[StrictStr | StrictInt] | None = None
+    exclude: list[StrictStr | StrictInt] = Field(default_factory=list)
     configs: list[ConfigEntry] = Field(default_factory=list)
     #: a `lyco eval` config file (its [[checkpoints]] are replaced by the sweep's), or its tables inline
-    eval: Union[str, dict[str, Any]]
+    eval: str | dict[str, Any]
     #: analyse after the evaluation (true: with the defaults; a table: with these options; false: not)
     analyze: AnalyzeConfig | None = Field(default_factory=AnalyzeConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)

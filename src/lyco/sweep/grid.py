@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 #: the factor columns every sweep writes (user labels come after them)
 FACTOR_COLUMNS = ("algo", "preset", "lr", "lr_level", "dim", "alpha", "factor", "capacity", "alpha1")
@@ -107,7 +108,7 @@ class Settings:
     default: bool | None = None   # explicitly marked default (None: not said)
 
     @classmethod
-    def from_train(cls, cid: str, train: Mapping[str, Any], default: bool | None = None) -> "Settings":
+    def from_train(cls, cid: str, train: Mapping[str, Any], default: bool | None = None) -> Settings:
         """From a resolved ``lyco train`` config (as a dict)."""
         net, algo = train["network"], str(train["network"]["algo"])
         ranked = algo not in NO_CAPACITY

@@ -14,7 +14,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from .manifest import log_attempt, now
 from .spec import RunSpec
@@ -46,7 +45,7 @@ class EvalShardJob:
         return f"eval-shard-{self.index}"
 
 
-Job = Union[TrainJob, EvalShardJob]
+Job = TrainJob | EvalShardJob
 
 
 @dataclass(frozen=True)

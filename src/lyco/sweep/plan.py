@@ -34,7 +34,7 @@ class Cost:
     @property
     def train_steps(self) -> int | None:
         vals = list(self.steps_per_run.values())
-        return None if any(v is None for v in vals) else sum(vals)  # type: ignore[misc]
+        return None if any(v is None for v in vals) else sum(v for v in vals if v is not None)
 
     @property
     def images(self) -> int | None:
@@ -154,7 +154,7 @@ def plan_text(sw: Sweep, cost: Cost, slots: int, executor: str, states: dict[str
              f"  {n_cfg} configurations × {n_seed} seeds ({', '.join(map(str, sw.cfg.seeds))}) = {cost.runs} runs; "
              f"checkpoints at {unit}s {pts} = {cost.checkpoints} checkpoints"]
     if cost.train_steps is not None:
-        per = sorted(set(cost.steps_per_run.values()))
+        per = sorted({v for v in cost.steps_per_run.values() if v is not None})  # none is None here
         lines.append(f"  training: {cost.train_steps} optimizer steps in all ({'/'.join(map(str, per))} per run)")
     if cost.images is not None:
         approx = "" if cost.images_exact else "≈ "

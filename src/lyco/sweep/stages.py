@@ -117,7 +117,8 @@ def _fingerprint(data: dict[str, Any], ckpts: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:20]
 
 
-def _shards(sw: Sweep, ex: Executor, data: dict[str, Any], ckpts: list[dict[str, Any]], cache: str) -> list[EvalShardJob]:
+def _shards(sw: Sweep, ex: Executor, data: dict[str, Any], ckpts: list[dict[str, Any]],
+            cache: str) -> list[EvalShardJob]:
     n = min(sw.cfg.executor.eval_shards or ex.slots, len(ckpts))
     if n < 2:
         return []
@@ -226,7 +227,8 @@ def _analysis_key(results: Path, factors: Path, options: AnalysisOptions) -> str
 
 def _up_to_date(rec: dict[str, Any], key: str) -> bool:
     files = rec.get("files") or {}
-    return rec.get("ok") and rec.get("key") == key and bool(files) and all(Path(f).is_file() for f in files.values())
+    return bool(rec.get("ok") and rec.get("key") == key and files
+                and all(Path(f).is_file() for f in files.values()))
 
 
 def analyze_stage(sw: Sweep, ex: Executor, manifest: Manifest) -> StageReport:

@@ -55,6 +55,7 @@ def _export_name(run: RunSpec) -> re.Pattern[str]:
 
 def export_point(run: RunSpec, export: Export) -> int | None:
     """The save point an adapter file of the run stands for (None: not one the sweep asked for)."""
+    point: int | None
     if export.final:
         point = export.epoch if run.unit == "epoch" else export.step
     else:

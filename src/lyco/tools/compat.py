@@ -7,14 +7,28 @@ over every feature it uses.  A module no algorithm recognises, or a feature with
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
 from ..algos import registry
-from ..algos.support import (APPROX, CLIENT_NOTES, CLIENTS, DORA_SUPPORT, ERROR, EXACT, IGNORED, RANK, TESTED_CLIENTS,
-                             UNKNOWN, Support, row, symbol)
+from ..algos.base import base_params
+from ..algos.support import (
+    APPROX,
+    CLIENT_NOTES,
+    CLIENTS,
+    DORA_SUPPORT,
+    ERROR,
+    EXACT,
+    IGNORED,
+    RANK,
+    TESTED_CLIENTS,
+    UNKNOWN,
+    Support,
+    row,
+    symbol,
+)
 from ..errors import ConfigError, FileFormatError, did_you_mean
 from ..io.files import group_by_module
 from ..network import network_from_tensors
@@ -154,11 +168,12 @@ def _rewrite_with_base(tensors, needs: dict[str, str], client: str, base_roots, 
     out: dict[str, torch.Tensor] = {}
     try:
         for name, site in net._sites.items():
-            raw = site.wrapper.raw_layer()
+            W, b = base_params(site.wrapper.raw_layer())
             with torch.no_grad():
-                W2, _ = site.wrapper.adapter.adapted_weight(raw.weight, getattr(raw, "bias", None), 1.0)
-            delta = W2.float() - raw.weight.float()
+                W2, _ = site.wrapper.adapter.adapted_weight(W, b, 1.0)
+            delta = W2.float() - W.float()
             if as_lora:
+                assert dora_rank is not None  # checked above
                 f = factor(delta, "fixed", dora_rank, svd="full")
                 out.update(f.locon_tensors(name, tuple(delta.shape)))
                 notes.append(f"{name}: {needs[name]} -> LoRA rank {f.rank}, relative error {f.rel_error:.3e}")

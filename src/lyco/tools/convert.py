@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..algos import registry
+from ..algos.base import base_params
 from ..errors import ConfigError, FileFormatError
 from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file
@@ -44,7 +45,8 @@ def _path_table(roots: list[Root]) -> dict[str, tuple[Root, str]]:
     return {name: (root, path) for name, (root, path, _) in resolve_names(roots).items()}
 
 
-def kohya_to_peft(tensors: dict[str, torch.Tensor], roots: list[Root]) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+def kohya_to_peft(tensors: dict[str, torch.Tensor],
+                  roots: list[Root]) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
     """{part dir: (PEFT state dict, adapter_config)} for the roots present in the file."""
     table = _path_table(roots)
     out: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
@@ -129,8 +131,8 @@ def _finish_peft_config(cfg: dict) -> None:
     elif t == "LOHA":
         cfg.update(alpha=alpha0, rank_dropout=0.0, module_dropout=0.0, use_effective_conv2d=tucker)
     else:
-        cfg.update(alpha=alpha0, rank_dropout=0.0, module_dropout=0.0, use_effective_conv2d=tucker, decompose_both=False,
-                   decompose_factor=-1)
+        cfg.update(alpha=alpha0, rank_dropout=0.0, module_dropout=0.0, use_effective_conv2d=tucker,
+                   decompose_both=False, decompose_factor=-1)
 
 
 def peft_to_kohya(parts: dict[str, tuple[dict[str, torch.Tensor], dict]], roots: list[Root]) -> dict[str, torch.Tensor]:
@@ -160,7 +162,8 @@ def peft_to_kohya(parts: dict[str, tuple[dict[str, torch.Tensor], dict]], roots:
             name = root.name(path)
             for part, v in ps.items():
                 if part == "lora_magnitude_vector":
-                    out[f"{name}.dora_scale"] = v.reshape(-1, *([1] * (v.dim() - 1))) if v.dim() > 1 else v.reshape(-1, 1)
+                    out[f"{name}.dora_scale"] = (v.reshape(-1, *([1] * (v.dim() - 1))) if v.dim() > 1
+                                                 else v.reshape(-1, 1))
                 else:
                     kp = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}.get(part, part)
                     out[f"{name}.{kp}"] = v
@@ -225,8 +228,8 @@ def kohya_to_diffusers(tensors: dict[str, torch.Tensor], roots: list[Root]) -> d
     for name, parts in group(tensors).items():
         cls = registry.detect(parts)
         if cls is None or cls.algo != "lora" or parts.keys() & {"lora_mid.weight", "dora_scale"}:
-            raise FileFormatError(f"module '{name}': the diffusers format holds plain LoRA/LoCon only (no Tucker, no DoRA, "
-                                  f"no {cls.algo if cls else 'unknown'})")
+            raise FileFormatError(f"module '{name}': the diffusers format holds plain LoRA/LoCon only "
+                                  f"(no Tucker, no DoRA, no {cls.algo if cls else 'unknown'})")
         root, path = table[name]
         down, up = parts["lora_down.weight"], parts["lora_up.weight"]
         r = down.shape[0]
@@ -280,11 +283,11 @@ def ui_safe(tensors: dict[str, torch.Tensor], base_roots: list[Root] | None = No
         net = network_from_tensors(sub, base_roots, source="ui-safe")
         try:
             for name, site in net._sites.items():
-                raw = site.wrapper.raw_layer()
+                W, b = base_params(site.wrapper.raw_layer())
                 a = site.wrapper.adapter
                 with torch.no_grad():
-                    W2, b2 = a.adapted_weight(raw.weight, getattr(raw, "bias", None), 1.0)
-                delta = W2.float() - raw.weight.float()
+                    W2, b2 = a.adapted_weight(W, b, 1.0)
+                delta = W2.float() - W.float()
                 if dora_rank:
                     f = factor(delta, "fixed", dora_rank, svd="full")
                     out.update(f.locon_tensors(name, tuple(delta.shape)))
@@ -359,15 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.to == "kohya":
         meta: dict[str, str] = {}
         src = read_peft(a.input, meta) if Path(a.input).is_dir() else _diffusers_parts(a.input, meta)
+        assert roots is not None  # checked above
         out = peft_to_kohya(src, roots)
         _write_kohya(a.output, out, meta, keep_config=True)
     else:
         tensors, meta = read_file(a.input)
         if a.to == "peft":
+            assert roots is not None  # checked above
             converted = kohya_to_peft(tensors, roots)
             with staged_folder(a.output) as tmp:
                 write_peft(tmp, converted, meta)
         elif a.to == "diffusers":
+            assert roots is not None  # checked above
             write_file(a.output, kohya_to_diffusers(tensors, roots), carried_metadata(meta))
         else:
             out, notes = (rewrite_for(tensors, a.client, roots, a.dora_rank) if a.client

@@ -73,14 +73,14 @@ class ExtractReport:
 
     @property
     def overall_rel_error(self) -> float:
-        num = sum((l.rel_error * l.delta_norm) ** 2 for l in self.layers)
-        den = sum(l.delta_norm ** 2 for l in self.layers)
+        num = sum((layer.rel_error * layer.delta_norm) ** 2 for layer in self.layers)
+        den = sum(layer.delta_norm ** 2 for layer in self.layers)
         return math.sqrt(num / den) if den > 0 else 0.0
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}
-        for l in self.layers:
-            kinds[l.kind] = kinds.get(l.kind, 0) + 1
+        for layer in self.layers:
+            kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
         return (f"{len(self.layers)} layers extracted ({', '.join(f'{k} x{v}' for k, v in kinds.items())}), "
                 f"{self.skipped_unchanged} unchanged skipped; overall relative error {self.overall_rel_error:.3e}")
 
@@ -159,10 +159,11 @@ def extract(base: Any, tuned: Any, out: str | None = None, *, dtype: torch.dtype
     net = network_from_tensors(tensors, base_roots, source="extraction")
     net.base_metadata.update(meta)
     if out is not None:
+        args = {"algo": "locon", "extracted": "True", **{k: str(v) for k, v in asdict(opts).items()}}
+        layers = {x.name: [x.kind, x.rank, round(x.rel_error, 6)] for x in report.layers}
         net.save(out, dtype=dtype, metadata={
-            "ss_network_args": json.dumps({"algo": "locon", "extracted": "True", **{k: str(v) for k, v in asdict(opts).items()}}),
-            "lyco.extract_report": json.dumps({"overall_rel_error": report.overall_rel_error,
-                                               "layers": {l.name: [l.kind, l.rank, round(l.rel_error, 6)] for l in report.layers}}),
+            "ss_network_args": json.dumps(args),
+            "lyco.extract_report": json.dumps({"overall_rel_error": report.overall_rel_error, "layers": layers}),
         })
     return net, report
 
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     net, report = extract(a.base, a.tuned, a.output, dtype=dtype, overwrite=a.overwrite,
                           progress=sys.stderr.isatty(), **kw)
     print(report.summary())
-    worst = sorted(report.layers, key=lambda l: -l.rel_error)[:5]
-    for l in worst:
-        print(f"  {l.name}: {l.kind} rank {l.rank}, relative error {l.rel_error:.3e}")
+    worst = sorted(report.layers, key=lambda x: -x.rel_error)[:5]
+    for layer in worst:
+        print(f"  {layer.name}: {layer.kind} rank {layer.rank}, relative error {layer.rel_error:.3e}")
     print(f"wrote {a.output}")
     return 0

@@ -68,8 +68,10 @@ def delta_norm(parts: dict[str, torch.Tensor]) -> float | None:
 def family_of(names: list[str], meta: dict[str, str]) -> str:
     v = meta.get("ss_base_model_version", "")
     if v:
-        return {"sd_v1": "sd1", "sd_v1_v": "sd1", "sd_v2": "sd2", "sd_v2_v": "sd2"}.get(v, "sdxl" if v.startswith("sdxl") else v)
-    if any(n.startswith(("lora_te1_", "lora_te2_")) or n.startswith(("lora_unet_input_blocks", "lora_unet_output_blocks")) for n in names):
+        return {"sd_v1": "sd1", "sd_v1_v": "sd1", "sd_v2": "sd2", "sd_v2_v": "sd2"}.get(
+            v, "sdxl" if v.startswith("sdxl") else v)
+    if any(n.startswith(("lora_te1_", "lora_te2_")) or n.startswith(("lora_unet_input_blocks",
+                                                                     "lora_unet_output_blocks")) for n in names):
         return "sdxl"
     if any(n.startswith("lora_unet_") or n.startswith("lora_te_") for n in names):
         return "sd1/sd2"

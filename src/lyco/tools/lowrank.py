@@ -68,6 +68,7 @@ def _svd(m: torch.Tensor, rank: int | None, method: str) -> tuple[torch.Tensor, 
     """(U, S, Vh): full SVD, or a randomised one for a fixed small rank."""
     small = min(m.shape)
     if method == "randomized" or (method == "auto" and rank is not None and rank * 8 <= small and small >= 256):
+        assert rank is not None, "the randomised SVD is for a fixed rank"
         q = min(small, rank + 10)
         U, S, V = torch.svd_lowrank(m, q=q, niter=4)
         return U, S, V.T

@@ -69,7 +69,8 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike |
             what = "is" if _same(out, i) else "is a file inside"
             raise ConfigError(f"{flag} {out} {what} the input {i}; lyco never writes over its inputs (not even with "
                               "--overwrite): choose another output path")
-        if folder and out.is_dir() and (_inside(i, out) or (i.is_file() and any(_same(i, f) for f in _files_under(out)))):
+        if folder and out.is_dir() and (_inside(i, out)
+                                        or (i.is_file() and any(_same(i, f) for f in _files_under(out)))):
             raise ConfigError(f"{flag} {out} holds the input {i}; replacing that folder would delete the input: "
                               "choose another output folder")
     if out.is_dir() and not folder:

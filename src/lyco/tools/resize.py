@@ -80,7 +80,8 @@ def resize_lora_tensors(tensors: dict[str, torch.Tensor], mode: str, param: floa
     return out, rep
 
 
-def resize_network(net: Network, mode: str, param: float, progress: bool = False) -> tuple[dict[str, torch.Tensor], ResizeReport]:
+def resize_network(net: Network, mode: str, param: float,
+                   progress: bool = False) -> tuple[dict[str, torch.Tensor], ResizeReport]:
     """Resize any attached network (DoRA and every algorithm folded into ΔW = W'(m) - W) to LoCon tensors."""
     out: dict[str, torch.Tensor] = {}
     rep = ResizeReport()

@@ -39,7 +39,8 @@ def make_buckets(resolution: int, cfg: BucketConfig) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-def assign(size: tuple[int, int], buckets: list[tuple[int, int]], cfg: BucketConfig, resolution: int) -> tuple[int, int]:
+def assign(size: tuple[int, int], buckets: list[tuple[int, int]], cfg: BucketConfig,
+           resolution: int) -> tuple[int, int]:
     w, h = size
     if cfg.no_upscale and w * h <= resolution * resolution:
         bw, bh = max(cfg.step, w // cfg.step * cfg.step), max(cfg.step, h // cfg.step * cfg.step)
@@ -48,7 +49,8 @@ def assign(size: tuple[int, int], buckets: list[tuple[int, int]], cfg: BucketCon
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ar), -b[0] * b[1]))
 
 
-def crop_box(size: tuple[int, int], bucket: tuple[int, int], mode: str, rng: random.Random) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+def crop_box(size: tuple[int, int], bucket: tuple[int, int], mode: str,
+             rng: random.Random) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """(resized size, crop box) so the image covers the bucket, then is cropped to it."""
     w, h = size
     bw, bh = bucket
@@ -87,14 +89,15 @@ def plan_epoch(groups: list[tuple[int, list[int], dict[int, tuple[int, int]], in
         if leftovers == "merge" and len(rest) > 1:
             merged: dict[tuple[int, int], list[int]] = {}
             biggest = max(rest, key=lambda r: len(r[1]))[0]
-            for b, items in rest:
+            for _b, items in rest:
                 merged.setdefault(biggest, []).extend(items)
             rest = list(merged.items())
         for b, items in rest:
             for k in range(0, len(items), gbs):
                 chunk = items[k:k + gbs]
                 pad = (-len(chunk)) % world
-                chunk = chunk + chunk[:pad] if pad <= len(chunk) else (chunk * (pad // len(chunk) + 2))[: len(chunk) + pad]
+                chunk = (chunk + chunk[:pad] if pad <= len(chunk)
+                         else (chunk * (pad // len(chunk) + 2))[: len(chunk) + pad])
                 batches.append(Batch(ds_idx, b, tuple(chunk), pad))
     rng.shuffle(batches)
     return batches

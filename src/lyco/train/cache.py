@@ -31,10 +31,10 @@ def image_tensor(item: ImageItem, bucket: tuple[int, int], crop: str, flip: bool
     """Pixels in [-1, 1] (C, H, W) of ``item`` resized and cropped to ``bucket``, maybe flipped; with the crop box."""
     im, _ = load_rgb(item.path, background)
     size, box = crop_box(im.size, bucket, crop, rng)
-    im = im.resize(size, Image.LANCZOS).crop(box)
+    im = im.resize(size, Image.Resampling.LANCZOS).crop(box)
     do_flip = flip and rng.random() < 0.5
     if do_flip:
-        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     t = torch.from_numpy(np.asarray(im, dtype="float32")).permute(2, 0, 1) / 127.5 - 1.0
     return t, box, do_flip
 

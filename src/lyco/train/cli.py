@@ -11,8 +11,9 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..console import configure_output, verbose_requested
 from .config import load_train_config

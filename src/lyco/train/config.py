@@ -9,7 +9,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..config import AdapterConfig
 from ..errors import ConfigError
@@ -60,7 +69,8 @@ class OptimizerConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    name: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"] = "constant"
+    name: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                  "polynomial"] = "constant"
     warmup_steps: StrictInt = Field(0, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
     num_cycles: StrictInt = Field(1, ge=1)
@@ -88,7 +98,7 @@ class TrainSection(Strict):
     max_norm: float | None = Field(None, gt=0, description="kohya scale_weight_norms")
 
     @model_validator(mode="after")
-    def _length(self) -> "TrainSection":
+    def _length(self) -> TrainSection:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of train.steps and train.epochs")
         return self
@@ -135,7 +145,7 @@ class DatasetConfig(Strict):
     min_image_side: StrictInt = Field(8, ge=1)
 
     @model_validator(mode="after")
-    def _has_data(self) -> "DatasetConfig":
+    def _has_data(self) -> DatasetConfig:
         if not self.subsets and not self.folders:
             raise ValueError("a dataset needs subsets or folders")
         return self
@@ -189,7 +199,7 @@ class TrainConfig(Strict):
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")
-    def _cross(self) -> "TrainConfig":
+    def _cross(self) -> TrainConfig:
         n = self.network
         if not (n.train_unet or n.train_text_encoder):
             raise ValueError("network.train_unet and network.train_text_encoder are both false: nothing to train")

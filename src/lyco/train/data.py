@@ -84,7 +84,8 @@ class DatasetScan:
             conv = ", ".join(f"{k}: {v}" for k, v in s.converted.items())
             lines.append(f"  {s.name}: {len(s.items)} images × repeats {s.repeats}; {s.captions_found} captions "
                          f"({s.config.caption_extension}), {s.captions_missing} missing"
-                         + (f"; converted {conv}" if conv else "") + (f"; {len(s.skipped)} skipped" if s.skipped else ""))
+                         + (f"; converted {conv}" if conv else "")
+                         + (f"; {len(s.skipped)} skipped" if s.skipped else ""))
         for sk in self.skipped:
             lines.append(f"  skipped {sk.path}: {sk.reason}")
         return "\n".join(lines)
@@ -185,9 +186,9 @@ def scan_dataset(cfg: DatasetConfig) -> DatasetScan:
     ds = DatasetScan(cfg, scans)
     if not ds.items:
         for sc in scans:
-            folder = Path(sc.config.path)
-            why = f"all {len(sc.skipped)} images skipped" if sc.skipped else _files_note(folder)
-            notes.append(f"{folder}: {why}")
+            subset_dir = Path(sc.config.path)
+            why = f"all {len(sc.skipped)} images skipped" if sc.skipped else _files_note(subset_dir)
+            notes.append(f"{subset_dir}: {why}")
         detail = ds.summary() if ds.skipped else ""
         raise ConfigError("the dataset has no usable images; scanned:\n  - " + "\n  - ".join(notes)
                           + (f"\n{detail}" if detail else ""))

@@ -11,9 +11,10 @@ import logging
 import random
 import signal
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -82,7 +83,7 @@ class Trainer:
     def net(self) -> Any:
         return self.models.net
 
-    def emit(self, event: str, p: "Progress") -> None:
+    def emit(self, event: str, p: Progress) -> None:
         for cb in self.callbacks:
             cb(event, self, p)
 
@@ -397,7 +398,7 @@ def sample(t: Trainer, p: Progress, tag: str) -> None:
             log.info("lyco: samples %s", path)
             for i, (sp, im) in enumerate(zip(t.prompts, images)):
                 t.log.image(f"samples/{i}: {sp.prompt[:60]}", im, p.step)
-        except Exception as exc:  # noqa: BLE001 - sampling must not kill training unless asked
+        except Exception as exc:  # sampling must not kill training unless asked
             if t.cfg.sample.strict_sampling:
                 raise
             log.error("lyco: sampling failed at step %d (%s: %s); training continues", p.step, type(exc).__name__, exc)

@@ -24,7 +24,7 @@ class RunFacts:
     dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, scans: list[DatasetScan]) -> "RunFacts":
+    def of(cls, scans: list[DatasetScan]) -> RunFacts:
         items = [it for sc in scans for it in sc.items]
         tags = Counter(t.strip() for it in items for t in it.caption.split(",") if t.strip())
         dirs = {s.name: {"n_repeats": s.repeats, "img_count": len(s.items)} for sc in scans for s in sc.subsets}

@@ -14,7 +14,8 @@ log = logging.getLogger("lyco")
 
 def param_groups(net: Any, t: TrainSection) -> list[dict[str, Any]]:
     """One group per side (UNet / text encoders), plus LoRA+ groups for the up factors; lr 0 groups are omitted."""
-    sides = {"unet": (t.unet_lr if t.unet_lr is not None else t.lr), "te": (t.text_encoder_lr if t.text_encoder_lr is not None else t.lr)}
+    sides = {"unet": (t.unet_lr if t.unet_lr is not None else t.lr),
+             "te": (t.text_encoder_lr if t.text_encoder_lr is not None else t.lr)}
     buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, adapter in net.adapters.items():
         side = "te" if name.startswith("lora_te") else "unet"
@@ -25,7 +26,7 @@ def param_groups(net: Any, t: TrainSection) -> list[dict[str, Any]]:
             buckets.setdefault((side, plus), []).append(p)
     groups = []
     for (side, plus), params in sorted(buckets.items()):
-        lr = sides[side] * (t.loraplus_lr_ratio if plus else 1.0)
+        lr = sides[side] * ((t.loraplus_lr_ratio or 1.0) if plus else 1.0)
         if not lr:
             log.info("lyco: %s parameters have lr 0 and are not trained", side)
             continue
@@ -44,19 +45,20 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch
         return torch.optim.SGD(clean, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw8bit":
         try:
-            import bitsandbytes as bnb  # type: ignore
+            import bitsandbytes as bnb
         except ImportError:
-            raise ConfigError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); or use 'adamw'") from None
+            raise ConfigError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); "
+                              "or use 'adamw'") from None
         return bnb.optim.AdamW8bit(clean, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "prodigy":
         try:
-            from prodigyopt import Prodigy  # type: ignore
+            from prodigyopt import Prodigy
         except ImportError:
             raise ConfigError("optimizer prodigy needs prodigyopt (pip install prodigyopt); or use 'adamw'") from None
         return Prodigy(clean, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.name == "lion":
         try:
-            from lion_pytorch import Lion  # type: ignore
+            from lion_pytorch import Lion
         except ImportError:
             raise ConfigError("optimizer lion needs lion-pytorch (pip install lion-pytorch); or use 'adamw'") from None
         return Lion(clean, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import LycoError
 
-NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+NAMES: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
 class TrainingInterrupted(LycoError):
@@ -42,7 +42,7 @@ class StopOnSignal:
         self._previous: dict[int, Any] = {}
         self._group: Any = None
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for s in NAMES:
                 self._previous[s] = signal.signal(s, self._handle)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ def load_dino(name_or_path: str = "builtin:dino") -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------------------------------ VGG
-def vgg_plan(widths: tuple[int, int, int, int, int]) -> tuple[int | str, ...]:
+def vgg_plan(widths: Sequence[int]) -> tuple[int | str, ...]:
     """VGG-19's plan with the five stage widths replaced (torchvision: 64, 128, 256, 512, 512)."""
-    stage, out = 0, []
+    stage = 0
+    out: list[int | str] = []
     for item in VGG19_PLAN:
         if item == "M":
             out.append("M")
@@ -83,7 +85,7 @@ class VGG19(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
-        for item in vgg_plan(tuple(widths)):  # type: ignore[arg-type]
+        for item in vgg_plan(tuple(widths)):
             if item == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:

@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -107,7 +108,8 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     xs = F.conv2d(F.pad(xs, (0, 0, 2, 2), mode="replicate"), kk[:, None, :, None], groups=b * 3)
     x = xs.reshape(b, 3, 32, 32)
     x = x + torch.randn(x.shape, generator=gen) * torch.rand(b, 1, 1, 1, generator=gen) * 0.05
-    x = x * (1 + (torch.rand(b, 3, 1, 1, generator=gen) - 0.5) * 0.1) + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1
+    x = (x * (1 + (torch.rand(b, 3, 1, 1, generator=gen) - 0.5) * 0.1)
+         + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1)
     return x.clamp(-1, 1)
 
 
@@ -137,7 +139,7 @@ def train_classifier(seed: int = 0, n_images: int = 24000, epochs: int = 12, bat
         for i in range(n_images // batch):
             idx = perm[i * batch:(i + 1) * batch]
             out = net(augment(x_all[idx], gen))
-            loss = sum(F.cross_entropy(out[k], y_all[k][idx], ignore_index=IGNORE) for k in HEADS)
+            loss = cast(torch.Tensor, sum(F.cross_entropy(out[k], y_all[k][idx], ignore_index=IGNORE) for k in HEADS))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,7 +178,7 @@ def finetune_on_decoded(net: WorldClassifier, vae: nn.Module, seed: int = 0, n_i
         use_rec = (torch.rand(batch, generator=gen) < 0.5)[:, None, None, None]
         xb = torch.where(use_rec, xr[idx], augment(x[idx], gen))
         out = net(xb)
-        loss = sum(F.cross_entropy(out[k], y[k][idx], ignore_index=IGNORE) for k in HEADS)
+        loss = cast(torch.Tensor, sum(F.cross_entropy(out[k], y[k][idx], ignore_index=IGNORE) for k in HEADS))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -220,7 +222,7 @@ def read_images(images: np.ndarray | list, classifier: WorldClassifier | None = 
     readings = []
     for i in range(x.shape[0]):
         probs = {k: dict(zip(HEADS[k], F.softmax(out[k][i], -1).tolist())) for k in HEADS}
-        labels = {k: max(v, key=v.get) for k, v in probs.items()}
+        labels = {k: max(v, key=v.__getitem__) for k, v in probs.items()}
         readings.append(Reading(labels, probs))
     return readings
 

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the held-out concepts")
     md = sub.add_parser("make-dataset", help="write a concept dataset (kohya layout) and its prompt sets")
-    md.add_argument("name", help="concept name (see 'lyco world list'), 'base', or 'all' (every concept, class-balanced)")
+    md.add_argument("name",
+                    help="concept name (see 'lyco world list'), 'base', or 'all' (every concept, class-balanced)")
     md.add_argument("out", help="output folder")
     md.add_argument("--seed", type=int, default=0, help="render seed (the same seed gives the same bytes)")
     md.add_argument("--size", type=int, default=32, help="image size in pixels (multiple of 16, >= 32)")
@@ -87,7 +88,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    images, prompts = [], []
+    prompts: list[str] = []
     for p in args.prompt:
         prompts += [p] * args.n
     images = generate(prompts, model=args.model, steps=args.steps, guidance=args.cfg, seed=args.seed)
@@ -97,7 +98,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BOX)) for p in args.images])
+    imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.Resampling.BOX))
+                     for p in args.images])
     spec = K.parse_scene_prompt(args.prompt) if args.prompt else None
     for path, reading in zip(args.images, K.read_images(imgs)):
         line = ", ".join(f"{k}={v}({reading.probs[k][v]:.2f})" for k, v in reading.labels.items())

@@ -66,6 +66,7 @@ class Concept:
     def sample_scene(self, rng: np.random.Generator) -> R.Scene:
         """A training scene of this concept."""
         if self.category in ("character", "object"):
+            assert self.shape is not None, "character and object concepts have a shape"
             bg = R.sample_background(rng)
             obj = R.sample_object(rng, shapes=(self.shape,), exclude_colour=bg.colour if bg.kind == "plain" else None)
             if self.rgb is not None:
@@ -74,7 +75,9 @@ class Concept:
             return R.Scene((obj,), bg, style)
         scene = R.sample_scene(rng)
         if self.category == "style":
+            assert self.style is not None, "style concepts have a style"
             return replace(scene, style=self.style)
+        assert self.background is not None, "scene concepts have a background"
         bg = R.BackgroundSpec(kind=self.background, colour="", seed=int(rng.integers(0, 2**31)))
         return replace(scene, background=bg)
 
@@ -183,10 +186,14 @@ def _build() -> dict[str, Concept]:
                   "a duotone style: navy-to-peach palette with diagonal stripes", style="duotone")
     kro = Concept("kro", "kro", "scene", "scene", 12, 8,
                   "a sunset scene: magenta-orange sky, a setting sun, purple mountains", background="sunset")
-    olis = replace(olis, **dict(zip(("content_prompts", "style_prompts"), _subject_prompts("olis", olis.descriptor))))
-    adl = replace(adl, **dict(zip(("content_prompts", "style_prompts"), _subject_prompts("adl", adl.descriptor))))
-    pgs = replace(pgs, **dict(zip(("content_prompts", "style_prompts"), _scene_level_prompts("pgs", pgs.descriptor, "style"))))
-    kro = replace(kro, **dict(zip(("content_prompts", "style_prompts"), _scene_level_prompts("kro", kro.descriptor, "scene"))))
+    content, style = _subject_prompts("olis", olis.descriptor)
+    olis = replace(olis, content_prompts=content, style_prompts=style)
+    content, style = _subject_prompts("adl", adl.descriptor)
+    adl = replace(adl, content_prompts=content, style_prompts=style)
+    content, style = _scene_level_prompts("pgs", pgs.descriptor, "style")
+    pgs = replace(pgs, content_prompts=content, style_prompts=style)
+    content, style = _scene_level_prompts("kro", kro.descriptor, "scene")
+    kro = replace(kro, content_prompts=content, style_prompts=style)
     return {c.name: c for c in (olis, adl, pgs, kro)}
 
 

@@ -226,7 +226,8 @@ def _background(bg: BackgroundSpec, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         for sx, sy in rng.uniform(0.04, 0.96, size=(9, 2)):
             img[(x - sx) ** 2 + (y - sy) ** 2 <= 0.018 ** 2] = (250, 250, 215)
         mx, my = rng.uniform(0.1, 0.9), rng.uniform(0.08, 0.25)
-        img[((x - mx) ** 2 + (y - my) ** 2 <= 0.07 ** 2) & ((x - mx - 0.03) ** 2 + (y - my) ** 2 > 0.06 ** 2)] = (250, 240, 180)
+        moon = ((x - mx) ** 2 + (y - my) ** 2 <= 0.07 ** 2) & ((x - mx - 0.03) ** 2 + (y - my) ** 2 > 0.06 ** 2)
+        img[moon] = (250, 240, 180)
     elif bg.kind == "sunset":
         t = np.clip(y / 0.62, 0.0, 1.0)[..., None]
         img[:] = (1 - t) * np.array([200.0, 50.0, 140.0]) + t * np.array([250.0, 160.0, 60.0])
@@ -267,7 +268,8 @@ def _draw_object(img: np.ndarray, obj: ObjectSpec, x: np.ndarray, y: np.ndarray,
     u, v = cs * dx + sn * dy, -sn * dx + cs * dy
     mask = shape_mask(obj.shape, u, v)
     if outline:
-        inner = shape_mask(obj.shape, u / 0.7, v / 0.7) if obj.shape != "ring" else (u * u + v * v <= 0.75) & (u * u + v * v >= 0.45)
+        inner = (shape_mask(obj.shape, u / 0.7, v / 0.7) if obj.shape != "ring"
+                 else (u * u + v * v <= 0.75) & (u * u + v * v >= 0.45))
         mask &= ~inner
     img[mask] = obj.fill()
     if obj.shape in ("creature", "ghost") and not outline:
@@ -351,7 +353,8 @@ def caption(scene: Scene, rng: np.random.Generator, drop: float = 0.12) -> str:
 def describe(scene: Scene) -> str:
     """The full, canonical sentence for a base-world scene (every attribute named)."""
     obj = scene.objects[0]
-    text = f"{article(obj.size)} {obj.size} {obj.colour} {obj.shape} {POSITION_WORDS[obj.position]} {_bg_words(scene.background)[0]}"
+    text = (f"{article(obj.size)} {obj.size} {obj.colour} {obj.shape} {POSITION_WORDS[obj.position]} "
+            f"{_bg_words(scene.background)[0]}")
     return text + f", {scene.style} style"
 
 

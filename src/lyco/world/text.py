@@ -34,7 +34,8 @@ def vocabulary() -> list[str]:
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable unicode character table."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -79,7 +80,7 @@ def write_tokenizer(folder: str, words: list[str] | None = None) -> int:
     merges = learn_merges(words)
     symbols = list(bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
-    vocab = {}
+    vocab: dict[str, int] = {}
     for tok in vocab_list:
         vocab.setdefault(tok, len(vocab))
     os.makedirs(folder, exist_ok=True)

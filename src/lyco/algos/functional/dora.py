@@ -6,6 +6,8 @@ Norms of W + t·U·V are computed from the factors without building W + ΔW.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 EPS = float(torch.finfo(torch.float32).eps)
@@ -15,8 +17,10 @@ def norms(W: torch.Tensor, axis: str) -> torch.Tensor:
     """Per-channel L2 norms of W as a flat vector ((O,) or (I_g,))."""
     Wf = W.float()
     if axis == "out":
-        return Wf.reshape(Wf.shape[0], -1).norm(dim=1)
-    return Wf.transpose(0, 1).reshape(Wf.shape[1], -1).norm(dim=1)
+        n = Wf.reshape(Wf.shape[0], -1).norm(dim=1)
+    else:
+        n = Wf.transpose(0, 1).reshape(Wf.shape[1], -1).norm(dim=1)
+    return cast(torch.Tensor, n)  # Tensor.norm is unannotated
 
 
 def scale_shape(W_shape: tuple[int, ...], axis: str) -> tuple[int, ...]:
@@ -34,7 +38,7 @@ def sq_norms(W: torch.Tensor, axis: str) -> torch.Tensor:
         n = torch.linalg.vector_norm(W.reshape(W.shape[0], -1), dim=1, dtype=dt)
     else:
         n = torch.linalg.vector_norm(W.reshape(W.shape[0], W.shape[1], -1), dim=(0, 2), dtype=dt)
-    return n.float().square_()
+    return cast(torch.Tensor, n.float().square_())  # Tensor.square_ is unannotated
 
 
 def lowrank_norms(W: torch.Tensor, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, axis: str,

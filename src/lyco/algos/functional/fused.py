@@ -17,32 +17,58 @@ Every path is exact: the tests compare values and gradients with autograd on the
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
 Grads = tuple[torch.Tensor | None, ...]
 Params = Sequence[torch.Tensor]
+#: what a kernel's forward keeps for its backward
+Saved = tuple[torch.Tensor, ...]
 
 
 def _scaled(t: torch.Tensor, alpha: float) -> torch.Tensor:
     return t if alpha == 1 else t * alpha
 
 
-class LowRankKernel:
+class Kernel:
+    """ΔW_raw of one algorithm for the functions below: ``add_`` (the bypass forward), ``grads`` (every backward)
+    and ``delta`` (:class:`RebuildLinear`); a kernel implements the methods of the functions it is used with."""
+
+    def delta(self, params: Params) -> torch.Tensor:
+        """ΔW_raw from the factors."""
+        raise NotImplementedError
+
+    def add_(self, y: torch.Tensor, x: torch.Tensor, alpha: float, params: Params) -> Saved:
+        """y += α·ΔW_raw·x in place (2-D x and y); returns what the backward reuses."""
+        raise NotImplementedError
+
+    def grads(self, g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor | None, alpha: float, saved: Saved | None,
+              needs: Sequence[bool], params: Params) -> Grads:
+        """The factor gradients (None where not ``needs``) for the output gradient ``g``; adds α·ΔW_rawᵀ·g into
+        ``dx`` when given."""
+        raise NotImplementedError
+
+
+#: a kernel and the tensors it takes (an algorithm's ``linear_kernel``)
+KernelCall = tuple[Kernel, list[torch.Tensor]]
+
+
+class LowRankKernel(Kernel):
     """ΔW_raw = U·V with U (O, R), V (R, I): LoRA, and LoHa after the face-splitting identity."""
 
     def delta(self, params: Params) -> torch.Tensor:
         U, V = params
         return U @ V
 
-    def add_(self, y: torch.Tensor, x: torch.Tensor, alpha: float, params: Params) -> tuple:
+    def add_(self, y: torch.Tensor, x: torch.Tensor, alpha: float, params: Params) -> Saved:
         U, V = params
         h = x @ V.t()
         y.addmm_(h, U.t(), alpha=alpha)
         return (h,)
 
-    def grads(self, g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor | None, alpha: float, saved: tuple | None,
+    def grads(self, g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor | None, alpha: float, saved: Saved | None,
               needs: Sequence[bool], params: Params) -> Grads:
         U, V = params
         h = saved[0] if saved else x @ V.t()
@@ -56,7 +82,7 @@ class LowRankKernel:
         return dU, dV
 
 
-class HadaKernel:
+class HadaKernel(Kernel):
     """LoHa, ΔW_raw = (w1a·w1b) ⊙ (w2a·w2b), for :class:`RebuildLinear`: ΔW is built from the two rank-r
     products (O·I·2r) and the factor gradients come from the rank-r² face-splitting form."""
 
@@ -64,12 +90,14 @@ class HadaKernel:
         w1a, w1b, w2a, w2b = params
         return (w1a @ w1b).mul_(w2a @ w2b)
 
-    def grads(self, g, x, dx, alpha, saved, needs, params: Params) -> Grads:
+    def grads(self, g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor | None, alpha: float, saved: Saved | None,
+              needs: Sequence[bool], params: Params) -> Grads:
         w1a, w1b, w2a, w2b = params
         o, r = w1a.shape
         U = (w1a[:, :, None] * w2a[:, None, :]).reshape(o, r * r)
         V = (w1b[:, None, :] * w2b[None, :, :]).reshape(r * r, -1)
         dU, dV = LowRankKernel().grads(g, x, dx, alpha, None, (True, True), (U, V))
+        assert dU is not None and dV is not None
         dU3, dV3 = dU.reshape(o, r, r), dV.reshape(r, r, -1)
         return (torch.einsum("opq,oq->op", dU3, w2a) if needs[0] else None,
                 torch.einsum("pqi,qi->pi", dV3, w2b) if needs[1] else None,
@@ -77,20 +105,20 @@ class HadaKernel:
                 torch.einsum("pqi,pi->qi", dV3, w1b) if needs[3] else None)
 
 
-class KronLowRankKernel:
+class KronLowRankKernel(Kernel):
     """LoKr with a low-rank second block, ΔW_raw = W1 ⊗ (w2a·w2b): W1 (a, c), w2a (b, r), w2b (r, d).
 
     x (M, c·d) is read as M·c rows of d; the rank-r intermediates are kept transposed, (r, M·c) and (r, M·a), so
     that every GEMM has a long output row (skinny GEMMs with 8-16 output columns are several times slower)."""
 
-    def add_(self, y, x, alpha, params: Params) -> tuple:
+    def add_(self, y: torch.Tensor, x: torch.Tensor, alpha: float, params: Params) -> Saved:
         w1, w2a, w2b = params
         _, zt = self._inner(x, w1, w2b)
         y.view(zt.shape[1], -1).addmm_(zt.t(), w2a.t(), alpha=alpha)
         return ()  # ht, zt (together up to the size of x) are recomputed in backward: memory stays the base's
 
     @staticmethod
-    def _inner(x, w1, w2b) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inner(x: torch.Tensor, w1: torch.Tensor, w2b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(w2b·X per row slice, (r, M·c); then W1 applied, (r, M·a))."""
         a, c = w1.shape
         r, d = w2b.shape
@@ -98,7 +126,8 @@ class KronLowRankKernel:
         ht = w2b @ x.reshape(m * c, d).t()
         return ht, (ht.view(r * m, c) @ w1.t()).view(r, m * a)
 
-    def grads(self, g, x, dx, alpha, saved, needs, params: Params) -> Grads:
+    def grads(self, g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor | None, alpha: float, saved: Saved | None,
+              needs: Sequence[bool], params: Params) -> Grads:
         w1, w2a, w2b = params
         a, c = w1.shape
         r, d = w2b.shape
@@ -118,13 +147,13 @@ class KronLowRankKernel:
         return dw1, dw2a, dw2b
 
 
-class KronKernel:
+class KronKernel(Kernel):
     """LoKr with two full blocks, ΔW_raw = W1 ⊗ W2: W1 (a, c), W2 (b, d)."""
 
     def delta(self, params: Params) -> torch.Tensor:
         return torch.kron(*params)
 
-    def add_(self, y, x, alpha, params: Params) -> tuple:
+    def add_(self, y: torch.Tensor, x: torch.Tensor, alpha: float, params: Params) -> Saved:
         w1, w2 = params
         a, c = w1.shape
         b, d = w2.shape
@@ -133,7 +162,8 @@ class KronKernel:
         y.view(m, a, b).baddbmm_(w1.expand(m, a, c), t, alpha=alpha)
         return ()  # t (as large as the output) is recomputed in backward: training memory stays the base layer's
 
-    def grads(self, g, x, dx, alpha, saved, needs, params: Params) -> Grads:
+    def grads(self, g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor | None, alpha: float, saved: Saved | None,
+              needs: Sequence[bool], params: Params) -> Grads:
         w1, w2 = params
         a, c = w1.shape
         b, d = w2.shape
@@ -174,7 +204,8 @@ class FusedLinear(torch.autograd.Function):
     """y = x·Wᵀ + b + α·ΔW_raw·x, the delta added into the base output and its input gradient in place."""
 
     @staticmethod
-    def forward(ctx: Any, x, W, b, kernel, alpha: float, *params):
+    def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, kernel: Kernel, alpha: float,
+                *params: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x)
         y = _linear(x, W, b)
         saved = kernel.add_(_flat(y), x2, alpha, params)
@@ -183,7 +214,7 @@ class FusedLinear(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy):
+    def backward(ctx: Any, gy: torch.Tensor) -> Grads:
         x2, W, *rest = ctx.saved_tensors
         params, saved = rest[:ctx.n], tuple(rest[ctx.n:])
         dx = torch.matmul(gy, W) if ctx.needs_input_grad[0] else None
@@ -198,7 +229,7 @@ class RebuildLinear(torch.autograd.Function):
     Nothing activation-sized is saved beyond x; the adapted weight is rebuilt in backward."""
 
     @staticmethod
-    def weight(kernel, W: torch.Tensor, alpha: float, params) -> torch.Tensor:
+    def weight(kernel: Kernel, W: torch.Tensor, alpha: float, params: Params) -> torch.Tensor:
         """W + α·ΔW_raw, accumulated in fp32 at least (like :meth:`AdapterModule.adapted_weight`), in W's dtype."""
         delta = kernel.delta([p.float() if p.dtype in (torch.float16, torch.bfloat16) else p for p in params])
         if alpha != 1:
@@ -206,14 +237,15 @@ class RebuildLinear(torch.autograd.Function):
         return delta.add_(W) if delta.dtype == W.dtype else delta.add_(W.to(delta.dtype)).to(W.dtype)
 
     @staticmethod
-    def forward(ctx: Any, x, W, b, kernel, alpha: float, *params):
+    def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, kernel: Kernel, alpha: float,
+                *params: torch.Tensor) -> torch.Tensor:
         y = _linear(x, RebuildLinear.weight(kernel, W, alpha, params), b)
         ctx.save_for_backward(_flat(x), W, *params)
         ctx.kernel, ctx.alpha = kernel, alpha
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy):
+    def backward(ctx: Any, gy: torch.Tensor) -> Grads:
         x2, W, *params = ctx.saved_tensors
         dx = None
         if ctx.needs_input_grad[0]:
@@ -227,7 +259,8 @@ class FusedDoraOut(torch.autograd.Function):
     """DoRA on the output axis at multiplier 1: y = gain ⊙ (x·Wᵀ + α·ΔW_raw·x) + b, gain = d / (‖W + ΔW‖ + ε)."""
 
     @staticmethod
-    def forward(ctx: Any, x, W, b, gain, kernel, alpha: float, *params):
+    def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, gain: torch.Tensor,
+                kernel: Kernel, alpha: float, *params: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x)
         z = _linear(x, W, None)
         saved = kernel.add_(_flat(z), x2, alpha, params)
@@ -237,7 +270,7 @@ class FusedDoraOut(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy):
+    def backward(ctx: Any, gy: torch.Tensor) -> Grads:
         x2, W, gain, z, *rest = ctx.saved_tensors
         params, saved = rest[:ctx.n], tuple(rest[ctx.n:])
         dgain = torch.linalg.vecdot(_flat(gy), _flat(z), dim=0) if ctx.needs_input_grad[3] else None
@@ -252,7 +285,8 @@ class FusedDoraIn(torch.autograd.Function):
     """DoRA on the input axis at multiplier 1: y = (x⊙h)·Wᵀ + b + α·ΔW_raw·(x⊙h), h = d / (‖W + ΔW‖ + ε)."""
 
     @staticmethod
-    def forward(ctx: Any, x, W, b, h, kernel, alpha: float, *params):
+    def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, h: torch.Tensor,
+                kernel: Kernel, alpha: float, *params: torch.Tensor) -> torch.Tensor:
         xh = x * h
         y = _linear(xh, W, b)
         saved = kernel.add_(_flat(y), _flat(xh), alpha, params)
@@ -261,15 +295,15 @@ class FusedDoraIn(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy):
+    def backward(ctx: Any, gy: torch.Tensor) -> Grads:
         x2, W, h, xh, *rest = ctx.saved_tensors
         params, saved = rest[:ctx.n], tuple(rest[ctx.n:])
         need_x, need_h = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
         dxh = torch.matmul(gy, W) if (need_x or need_h) else None
         grads = ctx.kernel.grads(_flat(gy), xh, None if dxh is None else _flat(dxh), ctx.alpha, saved,
                                  ctx.needs_input_grad[6:], params)
-        dh = torch.linalg.vecdot(_flat(dxh), x2, dim=0) if need_h else None
-        dx = dxh.mul_(h) if need_x else None
+        dh = torch.linalg.vecdot(_flat(dxh), x2, dim=0) if need_h and dxh is not None else None
+        dx = dxh.mul_(h) if need_x and dxh is not None else None
         return (dx, None, None, dh, None, None, *grads)
 
 
@@ -289,19 +323,22 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def run(fn: type[torch.autograd.Function], x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None,
-        extra: torch.Tensor | None, kernel: Any, alpha: float, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        extra: torch.Tensor | None, kernel: Kernel, alpha: float, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """Apply one of the functions above in a single compute dtype: the autocast dtype when autocast is on, otherwise
     x's dtype.  The casts stay outside the function, so fp32 master factors receive fp32 gradients;
     :class:`RebuildLinear` takes the factors as they are and builds the adapted weight in fp32."""
     amp = autocast_dtype(x.device)
     dt = amp or x.dtype
-    c = (lambda t: t if t is None or t.dtype == dt else t.to(dt))  # noqa: E731
+
+    def c(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if t is None or t.dtype == dt else t.to(dt)
+
     ps = list(params) if fn is RebuildLinear else [c(p) for p in params]
-    args = [c(x), c(W), c(b)] + ([c(extra)] if extra is not None else []) + [kernel, alpha] + ps
+    args: list[Any] = [c(x), c(W), c(b)] + ([c(extra)] if extra is not None else []) + [kernel, alpha] + ps
     if amp is None:
-        return fn.apply(*args)
+        return cast(torch.Tensor, fn.apply(*args))
     with torch.autocast(x.device.type, enabled=False):
-        return fn.apply(*args)
+        return cast(torch.Tensor, fn.apply(*args))
 
 
 def wants_grad(*tensors: torch.Tensor) -> bool:

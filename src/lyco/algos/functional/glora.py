@@ -17,7 +17,8 @@ def masked(a1: torch.Tensor, b1: torch.Tensor, mask: torch.Tensor | None) -> tup
     return a1 * mask[:r].to(a1.dtype), b1 * mask[r:].to(b1.dtype)
 
 
-def delta(W: torch.Tensor, a1, a2, b1, b2, mask: torch.Tensor | None = None) -> torch.Tensor:
+def delta(W: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor,
+          mask: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW_raw = W·a1·a2 + b1·b2 for the base weight W (fp32)."""
     a1, b1 = masked(a1, b1, mask)
     A = a1 @ a2  # (I_g, I_g)

@@ -4,13 +4,16 @@ Plain shapes: w?_a (O, r), w?_b (r, I_g*K).  Tucker shapes: w?_a (r, O), w?_b (r
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
 from ..geometry import Geometry
 from .common import scale_channels, scale_rows
 
 
-def face_split(w1a, w1b, w2a, w2b) -> tuple[torch.Tensor, torch.Tensor]:
+def face_split(w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor,
+               w2b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, V) with (w1a@w1b) ⊙ (w2a@w2b) = U @ V exactly: U (O, r²) row-wise Kronecker, V (r², X) Khatri-Rao."""
     o, r = w1a.shape
     u = (w1a[:, :, None] * w2a[:, None, :]).reshape(o, r * r)
@@ -18,8 +21,10 @@ def face_split(w1a, w1b, w2a, w2b) -> tuple[torch.Tensor, torch.Tensor]:
     return u, v
 
 
-def tucker_factors(w1a, w1b, t1, w2a, w2b, t2):
+def tucker_factors(w1a: torch.Tensor, w1b: torch.Tensor, t1: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor,
+                   t2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tucker LoHa as one rank-r² Tucker product: out factor (O, r²), core (r², r², k...), in factor (r², I_g)."""
+    assert t2 is not None, "Tucker LoHa has both cores"
     r = t1.shape[0]
     k = t1.shape[2:]
     out = (w1a.T[:, :, None] * w2a.T[:, None, :]).reshape(w1a.shape[1], r * r)  # [o, (p,p')]
@@ -32,12 +37,13 @@ class _HadaWeight(torch.autograd.Function):
     """(w1a@w1b) ⊙ (w2a@w2b) saving only the factors; the products are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, w1a, w1b, w2a, w2b):
+    def forward(ctx: Any, w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor,
+                w2b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(w1a, w1b, w2a, w2b)
         return (w1a @ w1b) * (w2a @ w2b)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         w1a, w1b, w2a, w2b = ctx.saved_tensors
         g1 = grad * (w2a @ w2b)
         g2 = grad * (w1a @ w1b)
@@ -45,20 +51,24 @@ class _HadaWeight(torch.autograd.Function):
 
 
 def delta(
-    w1a, w1b, w2a, w2b, t1=None, t2=None, shape: tuple[int, ...] = (), mask: torch.Tensor | None = None
+    w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor, t1: torch.Tensor | None = None,
+    t2: torch.Tensor | None = None, shape: tuple[int, ...] = (), mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """ΔW_raw reshaped to ``shape``; ``mask`` scales output rows."""
     if t1 is None:
         if mask is not None:
             w1a = w1a * mask.to(w1a.dtype)[:, None]
-        return _HadaWeight.apply(w1a, w1b, w2a, w2b).reshape(shape)
+        hada = _HadaWeight.apply(w1a, w1b, w2a, w2b)  # type: ignore[no-untyped-call]  # torch: unannotated
+        return cast(torch.Tensor, hada).reshape(shape)
+    assert t2 is not None, "Tucker LoHa has both cores"
     r = t1.shape[0]
     d1 = torch.einsum("pqk,po,qi->oik", t1.reshape(r, r, -1), w1a, w1b)
     d2 = torch.einsum("pqk,po,qi->oik", t2.reshape(r, r, -1), w2a, w2b)
     return scale_rows((d1 * d2).reshape(shape), mask)
 
 
-def lowrank(w1a, w1b, w2a, w2b, t1=None, t2=None, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+def lowrank(w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor, t1: torch.Tensor | None = None,
+            t2: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, V) with ΔW_raw = U @ V (V flattened over I_g*K)."""
     if t1 is None:
         u, v = face_split(w1a, w1b, w2a, w2b)
@@ -70,7 +80,9 @@ def lowrank(w1a, w1b, w2a, w2b, t1=None, t2=None, mask=None) -> tuple[torch.Tens
     return scale_rows(u, mask), v
 
 
-def apply(x, geom: Geometry, w1a, w1b, w2a, w2b, t1=None, t2=None, mask=None) -> torch.Tensor:
+def apply(x: torch.Tensor, geom: Geometry, w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor,
+          t1: torch.Tensor | None = None, t2: torch.Tensor | None = None,
+          mask: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW_raw applied to x: x -> V (r² channels, layer geometry) -> U (1x1).  ``mask`` scales output channels."""
     if t1 is None:
         u, v = face_split(w1a, w1b, w2a, w2b)

@@ -5,21 +5,30 @@ or the Tucker form W2[i,j,κ] = Σ t2[p,q,κ] w2_a[p,i] w2_b[q,j].
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..geometry import Geometry
 from .common import scale_channels, scale_rows
 
-
-def make_w1(w1=None, w1a=None, w1b=None) -> torch.Tensor:
-    return w1 if w1 is not None else w1a @ w1b
+Factor = torch.Tensor | None
 
 
-def make_w2(geom: Geometry, b: int, d: int, w2=None, w2a=None, w2b=None, t2=None) -> torch.Tensor:
+def make_w1(w1: Factor = None, w1a: Factor = None, w1b: Factor = None) -> torch.Tensor:
+    if w1 is not None:
+        return w1
+    assert w1a is not None and w1b is not None, "W1 is full or low-rank"
+    return w1a @ w1b
+
+
+def make_w2(geom: Geometry, b: int, d: int, w2: Factor = None, w2a: Factor = None, w2b: Factor = None,
+            t2: Factor = None) -> torch.Tensor:
     """W2 as (b, d, k...) (conv) or (b, d) (linear)."""
     k = geom.kernel_size
     if w2 is not None:
         return w2
+    assert w2a is not None and w2b is not None, "W2 is full, low-rank or Tucker"
     if t2 is not None:
         r = t2.shape[0]
         return torch.einsum("pqk,pi,qj->ijk", t2.reshape(r, r, -1), w2a, w2b).reshape(b, d, *k)
@@ -31,7 +40,7 @@ class _KronApply(torch.autograd.Function):
     intermediate is recomputed in backward, so training memory matches the frozen layer's."""
 
     @staticmethod
-    def forward(ctx, X, w1, w2, order_a: bool):
+    def forward(ctx: Any, X: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, order_a: bool) -> torch.Tensor:
         ctx.save_for_backward(X, w1, w2)
         ctx.order_a = order_a
         if order_a:
@@ -39,7 +48,7 @@ class _KronApply(torch.autograd.Function):
         return torch.matmul(torch.matmul(w1, X), w2.T)
 
     @staticmethod
-    def backward(ctx, gY):
+    def backward(ctx: Any, gY: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         X, w1, w2 = ctx.saved_tensors
         need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
         gX = gw1 = gw2 = None
@@ -64,7 +73,7 @@ class _KronApply(torch.autograd.Function):
         return gX, gw1, gw2, None
 
 
-def delta(w1: torch.Tensor, w2: torch.Tensor, shape: tuple[int, ...], mask=None) -> torch.Tensor:
+def delta(w1: torch.Tensor, w2: torch.Tensor, shape: tuple[int, ...], mask: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW_raw = W1 ⊗ W2 (W1 broadcast over the kernel for convs); ``mask`` scales output rows."""
     if w2.dim() > 2:
         w1 = w1.reshape(*w1.shape, *([1] * (w2.dim() - 2)))
@@ -73,29 +82,35 @@ def delta(w1: torch.Tensor, w2: torch.Tensor, shape: tuple[int, ...], mask=None)
 
 def apply(
     x: torch.Tensor, geom: Geometry, a: int, b: int, c: int, d: int, w1: torch.Tensor,
-    w2=None, w2a=None, w2b=None, t2=None, mask=None,
+    w2: Factor = None, w2a: Factor = None, w2b: Factor = None, t2: Factor = None, mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ΔW_raw applied to x via vec(W1·X·W2ᵀ) (linear) or a per-slice conv (conv).  groups must be 1."""
     if geom.kind == "linear":
         lead = x.shape[:-1]
         X = x.reshape(-1, c, d)
-        w2_2d = w2 if w2 is not None else w2a @ w2b
+        if w2 is None:
+            assert w2a is not None and w2b is not None, "W2 is full or low-rank"
+            w2 = w2a @ w2b
         # the cheaper association: (X W2ᵀ) then W1 costs I·b + O·c, W1 X then W2ᵀ costs a·I + O·d
         i_g, o = c * d, a * b
-        y = _KronApply.apply(X, w1, w2_2d, i_g * b + o * c <= a * i_g + o * d)
+        order_a = i_g * b + o * c <= a * i_g + o * d
+        y: torch.Tensor = _KronApply.apply(X, w1, w2, order_a)  # type: ignore[no-untyped-call]  # torch: unannotated
         return scale_channels(y.reshape(*lead, a * b), mask, -1)
     h, out_spatial = conv_slices(x, geom, b, c, d, w2, w2a, w2b, t2)
     y = torch.matmul(w1, h)  # (n, a, b*S')
     return scale_channels(y.reshape(x.shape[0], a * b, *out_spatial), mask, 1)
 
 
-def conv_slices(x: torch.Tensor, geom: Geometry, b: int, c: int, d: int, w2=None, w2a=None, w2b=None, t2=None):
+def conv_slices(x: torch.Tensor, geom: Geometry, b: int, c: int, d: int, w2: Factor = None, w2a: Factor = None,
+                w2b: Factor = None, t2: Factor = None) -> tuple[torch.Tensor, torch.Size]:
     """W2 applied to each of the c input slices of a conv input: (n, c, b·S') and the output spatial size."""
     n = x.shape[0]
     xs = x.reshape(n * c, d, *x.shape[2:])
     if w2 is not None:
         h = geom.spatial_conv(xs, w2)
-    elif t2 is not None:
+        return h.reshape(n, c, -1), h.shape[2:]
+    assert w2a is not None and w2b is not None, "W2 is full, low-rank or Tucker"
+    if t2 is not None:
         h = geom.pointwise(xs, w2b)  # (r, d)
         h = geom.core_conv(h, t2)
         h = geom.pointwise(h, w2a.T)  # (b, r)
@@ -106,7 +121,8 @@ def conv_slices(x: torch.Tensor, geom: Geometry, b: int, c: int, d: int, w2=None
     return h.reshape(n, c, -1), h.shape[2:]
 
 
-def row_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
+def row_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int,
+                       d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(⟨W̄_o, ΔW_o⟩, ‖ΔW_o‖²) per output row without materialising ΔW (or copying W)."""
     w2f = w2.reshape(b, -1)                                                        # (b, d·K)
     # s[i1, i2, :] = Σ_j1 W1[i1, j1]·W[i1, i2, j1, :]: one (1 × c)·(c × d·K) product per output row, on W's memory
@@ -116,7 +132,8 @@ def row_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: i
     return cross, sq
 
 
-def col_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int, d: int):
+def col_norms_sq_terms(W: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, a: int, b: int, c: int,
+                       d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(⟨W[:, i], ΔW[:, i]⟩, ‖ΔW[:, i]‖²) per input channel (summed over outputs and kernel)."""
     w2f = w2.reshape(b, d, -1)
     k = w2f.shape[-1]

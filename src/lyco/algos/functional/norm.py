@@ -1,8 +1,9 @@
 """Norm-adapter math: (γ + m·Δγ, β + m·Δβ) applied with the norm layer's own normalisation, in one op."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +36,9 @@ def adapted(W: torch.Tensor, b: torch.Tensor | None, dw: torch.Tensor, db: torch
 def forward(spec: NormSpec, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The norm layer's computation with another (γ, β)."""
     if spec.kind == "layer":
-        return F.layer_norm(x, spec.shape, weight, bias, spec.eps)
+        return F.layer_norm(x, spec.shape, weight, bias, cast(float, spec.eps))  # LayerNorm always has an eps
     if spec.kind == "group":
-        return F.group_norm(x, spec.groups, weight, bias, spec.eps)
+        return F.group_norm(x, spec.groups, weight, bias, cast(float, spec.eps))
     if spec.kind == "rms":
         return F.rms_norm(x, spec.shape, weight, spec.eps)
     assert spec.normalize is not None

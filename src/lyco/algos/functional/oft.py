@@ -20,7 +20,8 @@ def cayley(blocks: torch.Tensor, constraint: float = 0.0) -> torch.Tensor:
     eye = torch.eye(q.shape[-1], device=q.device, dtype=q.dtype)
     p = eye + q
     if q.device.type != "cpu":
-        return torch.linalg.solve(eye - q, p)
+        solved: torch.Tensor = torch.linalg.solve(eye - q, p)
+        return solved
     # (I - Q)ᵀ = I + Q, so (I - Q)⁻¹ = S⁻¹(I + Q) with S = I - Q² symmetric positive definite, eigenvalues in
     # [1, 1 + ‖Q‖²].  On CPUs, batched LAPACK calls on many tiny blocks are pathologically slow when the cores are
     # busy; Newton–Schulz on S converges quadratically to the exact inverse using only batched matmuls.

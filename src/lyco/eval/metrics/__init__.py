@@ -14,15 +14,17 @@ vectors).  The registry maps names to classes and is read-only.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 
 from ...errors import ConfigError, did_you_mean
 from . import functional as F
 
-TRAIN, TRIGGER, ALTER, STYLE, AGNOSTIC, AGNOSTIC_CLASS = "train", "trigger", "alter", "style", "agnostic", "agnostic_class"
+TRAIN, TRIGGER, ALTER, STYLE = "train", "trigger", "alter", "style"
+AGNOSTIC, AGNOSTIC_CLASS = "agnostic", "agnostic_class"
 #: every prompt type, in report order
 PROMPT_TYPES = (TRAIN, TRIGGER, ALTER, STYLE, AGNOSTIC, AGNOSTIC_CLASS)
 #: the paper's prompt-type names and code suffixes
