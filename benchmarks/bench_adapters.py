@@ -18,8 +18,6 @@ import copy
 import datetime as dt
 import logging
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +28,9 @@ import torch
 import torch.nn as nn
 
 import lyco
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common
 
 logging.getLogger("lyco").setLevel(logging.ERROR)
 logging.getLogger("LyCORIS").setLevel(logging.ERROR)
@@ -201,20 +202,6 @@ def build_peft(layer, spec):
     return m
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, {gpu}; "
-            f"torch {torch.__version__}, lyco {lyco.__version__}, Python {platform.python_version()}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a ~2 minute subset")
@@ -243,7 +230,7 @@ def main() -> int:
     if args.shapes:
         shapes = [s for s in SHAPES if s.id in args.shapes.split(",")]
     rows = []
-    print(machine())
+    print(common.machine(device))
     for rank in ranks:
         table = algos(rank)
         names = [a for a in table if (not args.quick or a in QUICK_ALGOS)]
@@ -336,7 +323,7 @@ def _geo(vals):
 
 def report(rows, device, args) -> str:
     lines = [f"# Adapter training-step benchmark ({device}{', quick' if args.quick else ''})", "",
-             f"Machine: {machine()}", f"Date: {dt.datetime.now().isoformat(timespec='minutes')}",
+             f"Machine: {common.machine(device)}", f"Date: {dt.datetime.now().isoformat(timespec='minutes')}",
              f"Command: `python {' '.join(sys.argv)}`", *([args.note] if args.note else []), "",
              f"Times are medians of a forward+backward step (ms, clock: {args.clock}), every implementation of a row "
              "timed round-robin. `saved` = MB autograd keeps for backward.", "",
