@@ -103,7 +103,7 @@ def make_world(root: Path, gen_settings: dict) -> dict:
     net = lyco.sd.load(pipe, str(adapter))
     jobs = [ImageJob("x", "x", "trigger", k, TRIGGER_PROMPT, gen.seed_start + k, f"{k:064d}")
             for k in range(gen.images)]
-    generate_jobs(pipe, jobs, gen, root / "tmp", width=gen.width, height=gen.height, device=torch.device("cpu"),
+    generate_jobs(pipe, jobs, gen, root / "tmp", size=(gen.width, gen.height),
                   progress=False)
     net.detach()
     data = root / "data" / f"{gen.images}_{TRIGGER_PROMPT}"

@@ -70,7 +70,7 @@ def test_seeds_per_image_and_cache_files(pipe, tmp_path):
     gen = Generation(steps=2, guidance_scale=3.0, batch_size=3)
     jobs = [ImageJob("base", "l", "trigger", k, p, 1000 + k, f"{k:064x}")
             for k, p in enumerate(["olis creature", "a red circle", LONG])]
-    assert generate_jobs(pipe, jobs, gen, tmp_path, width=32, height=32, device=torch.device("cpu"),
+    assert generate_jobs(pipe, jobs, gen, tmp_path, size=(32, 32),
                          progress=False) == 3
     imgs = [np.asarray(Image.open(j.path(tmp_path))).astype(int) for j in jobs]
     # image k is the pipeline's output for a generator seeded 1000 + k
@@ -81,7 +81,7 @@ def test_seeds_per_image_and_cache_files(pipe, tmp_path):
     assert np.abs(np.asarray(direct).astype(int) - imgs[0]).max() <= 1
     # one at a time gives the same images (per-image generators; batch-size independent)
     single = Generation(steps=2, guidance_scale=3.0, batch_size=1)
-    generate_jobs(pipe, jobs, single, tmp_path / "one", width=32, height=32, device=torch.device("cpu"), progress=False)
+    generate_jobs(pipe, jobs, single, tmp_path / "one", size=(32, 32), progress=False)
     for j, a in zip(jobs, imgs):
         assert np.abs(np.asarray(Image.open(j.path(tmp_path / "one"))).astype(int) - a).max() <= 1
 
@@ -90,5 +90,5 @@ def test_sdxl_pipeline_generates(tmp_path):
     xl = make_pipeline("sdxl")
     gen = Generation(steps=1, guidance_scale=2.0, sampler="euler")
     jobs = [ImageJob("base", "l", "trigger", 0, "olis creature", 1000, "0" * 64)]
-    generate_jobs(xl, jobs, gen, tmp_path, width=32, height=32, device=torch.device("cpu"), progress=False)
+    generate_jobs(xl, jobs, gen, tmp_path, size=(32, 32), progress=False)
     assert Image.open(jobs[0].path(tmp_path)).size == (32, 32)

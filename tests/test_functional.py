@@ -90,7 +90,7 @@ def test_lokr_linear_both_association_orders(a, b, c, d):
     w1, w2 = torch.randn(a, c), torch.randn(b, d)
     x = torch.randn(5, c * d)
     ref = x @ lokr_f.delta(w1, w2, (a * b, c * d)).T
-    assert torch.allclose(lokr_f.apply(x, g, a, b, c, d, w1, w2=w2), ref, atol=1e-4)
+    assert torch.allclose(lokr_f.apply(x, g, (a, b, c, d), w1, lokr_f.W2Parts(w2=w2)), ref, atol=1e-4)
 
 
 def test_lokr_conv_bypass_matches_dense():
@@ -102,7 +102,7 @@ def test_lokr_conv_bypass_matches_dense():
     x = torch.randn(2, 8, 7, 7)
     dense = lokr_f.delta(w1, w2, g.weight_shape)
     ref = torch.nn.functional.conv2d(x, dense, None, 2, 1)
-    assert torch.allclose(lokr_f.apply(x, g, a, b, c, d, w1, w2=w2), ref, atol=1e-4)
+    assert torch.allclose(lokr_f.apply(x, g, (a, b, c, d), w1, lokr_f.W2Parts(w2=w2)), ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("order_a", [True, False])

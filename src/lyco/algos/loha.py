@@ -17,7 +17,7 @@ from .registry import register
 from .support import FileSummary, row
 
 #: (w1_a, w1_b, w2_a, w2_b, t1, t2): the Tucker cores are None without Tucker
-Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+Factors = F_loha.Factors
 
 
 class LoHaModule(DoraModule):
@@ -87,7 +87,7 @@ class LoHaModule(DoraModule):
         return F_loha.lowrank(*self._factors(), mask=mask)
 
     def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return F_loha.apply(x, self.geom, *self._factors(x), mask=mask)
+        return F_loha.apply(x, self.geom, self._factors(x), mask=mask)
 
     def bypass_cost(self) -> int:
         return F_loha.cost(self.geom, self.rank, self.tucker)

@@ -137,13 +137,17 @@ class LoKrModule(DoraModule):
         assert self.lokr_w1_a is not None and self.lokr_w1_b is not None, "W1 is full or low-rank"
         return c(self.lokr_w1_a, like) @ c(self.lokr_w1_b, like)
 
-    def _w2_parts(self, like: torch.Tensor | None = None) -> tuple[Factor, Factor, Factor, Factor]:
+    def _w2_parts(self, like: torch.Tensor | None = None) -> F_lokr.W2Parts:
         """(w2, w2_a, w2_b, t2) in ``like``'s dtype (None for the factors the layout does not have)."""
 
         def c(t: Factor) -> Factor:
             return None if t is None else self._cast_to(t, like)
 
-        return c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2)
+        return F_lokr.W2Parts(c(self.lokr_w2), c(self.lokr_w2_a), c(self.lokr_w2_b), c(self.lokr_t2))
+
+    @property
+    def _dims(self) -> tuple[int, int, int, int]:
+        return self.a, self.b, self.c, self.d
 
     def _cast_to(self, t: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
         return t if like is None else self._cast(t, like)
@@ -155,7 +159,7 @@ class LoKrModule(DoraModule):
         return F_lokr.delta(self._w1(), self._w2(), self.geom.weight_shape, mask)
 
     def apply_raw(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x), *self._w2_parts(x), mask)
+        return F_lokr.apply(x, self.geom, self._dims, self._w1(x), self._w2_parts(x), mask)
 
     def bypass_cost(self) -> int:
         return F_lokr.cost(self.geom, self.a, self.b, self.c, self.d, self.rank, self.w2_form)
@@ -207,13 +211,13 @@ class LoKrModule(DoraModule):
         w2 = self._w2_parts(x)
         if self.geom.kind == "conv" and mask is None:
             # y + alpha·W1·(W2 * x-slices) as one baddbmm over the output
-            h, spatial = F_lokr.conv_slices(x, self.geom, self.b, self.c, self.d, *w2)
+            h, spatial = F_lokr.conv_slices(x, self.geom, self._dims, w2)
             if tuple(spatial) == tuple(y.shape[2:]):
                 n = y.shape[0]
                 out = torch.baddbmm(y.reshape(n, self.a, -1), self._w1(x).expand(n, self.a, self.c), h, alpha=alpha)
                 return out.view(y.shape)
         # the scale goes into the small W1 factor instead of a pass over the output
-        d = F_lokr.apply(x, self.geom, self.a, self.b, self.c, self.d, self._w1(x) * alpha, *w2, mask)
+        d = F_lokr.apply(x, self.geom, self._dims, self._w1(x) * alpha, w2, mask)
         return y + d
 
     def dora_norms(self, W: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

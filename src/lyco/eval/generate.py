@@ -198,9 +198,11 @@ def _save_png(img: Any, path: Path) -> None:
     write_atomic(path, buf.getvalue(), durable=False)  # the image cache: atomic, not fsynced
 
 
-def generate_jobs(pipe: Any, jobs: list[ImageJob], gen: Generation, cache_root: Path, *, width: int, height: int,
-                  device: torch.device, progress: bool = True, desc: str = "") -> int:
-    """Generate ``jobs`` with ``pipe`` as it is (adapter attached or not) into the cache; returns the count."""
+def generate_jobs(pipe: Any, jobs: list[ImageJob], gen: Generation, cache_root: Path, *, size: tuple[int, int],
+                  progress: bool = True, desc: str = "") -> int:
+    """Generate ``jobs`` (``size`` = (width, height)) with ``pipe`` as it is (adapter attached or not, on its device)
+    into the cache; returns the count."""
+    width, height = size
     if not jobs:
         return 0
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
@@ -255,8 +257,8 @@ def run_generation(variants: Sequence[Variant], jobs_by_variant: dict[str, list[
                 net = load_adapter(pipe, v.adapter, multiplier=v.multiplier)
                 net.to(device=device, dtype=DTYPES[gen.dtype])
             try:
-                total += generate_jobs(pipe, jobs_by_variant[v.name], gen, cache_root, width=size[0], height=size[1],
-                                       device=device, progress=progress, desc=f"generate {v.name}")
+                total += generate_jobs(pipe, jobs_by_variant[v.name], gen, cache_root, size=size, progress=progress,
+                                       desc=f"generate {v.name}")
             finally:
                 if net is not None:
                     net.detach()

@@ -80,10 +80,16 @@ def lowrank(w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.
     return scale_rows(u, mask), v
 
 
-def apply(x: torch.Tensor, geom: Geometry, w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor,
-          t1: torch.Tensor | None = None, t2: torch.Tensor | None = None,
+#: (w1a, w1b, w2a, w2b, t1, t2); the Tucker cores t1, t2 are None without Tucker
+Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def apply(x: torch.Tensor, geom: Geometry,
+          factors: Factors,
           mask: torch.Tensor | None = None) -> torch.Tensor:
-    """ΔW_raw applied to x: x -> V (r² channels, layer geometry) -> U (1x1).  ``mask`` scales output channels."""
+    """ΔW_raw applied to x: x -> V (r² channels, layer geometry) -> U (1x1).  ``factors`` = (w1a, w1b, w2a, w2b, t1,
+    t2), the Tucker cores None without Tucker; ``mask`` scales output channels."""
+    w1a, w1b, w2a, w2b, t1, t2 = factors
     if t1 is None:
         u, v = face_split(w1a, w1b, w2a, w2b)
         if geom.kind == "linear":

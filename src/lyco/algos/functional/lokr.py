@@ -5,7 +5,7 @@ or the Tucker form W2[i,j,κ] = Σ t2[p,q,κ] w2_a[p,i] w2_b[q,j].
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -13,6 +13,15 @@ from ..geometry import Geometry
 from .common import scale_channels, scale_rows
 
 Factor = torch.Tensor | None
+
+
+class W2Parts(NamedTuple):
+    """W2 in one of its layouts: full ``w2``; low-rank ``w2a @ w2b``; Tucker ``w2a``, ``t2``, ``w2b`` (conv only).
+    The parts a layout does not have are None."""
+    w2: Factor = None
+    w2a: Factor = None
+    w2b: Factor = None
+    t2: Factor = None
 
 
 def make_w1(w1: Factor = None, w1a: Factor = None, w1b: Factor = None) -> torch.Tensor:
@@ -80,11 +89,12 @@ def delta(w1: torch.Tensor, w2: torch.Tensor, shape: tuple[int, ...], mask: torc
     return scale_rows(torch.kron(w1, w2).reshape(shape), mask)
 
 
-def apply(
-    x: torch.Tensor, geom: Geometry, a: int, b: int, c: int, d: int, w1: torch.Tensor,
-    w2: Factor = None, w2a: Factor = None, w2b: Factor = None, t2: Factor = None, mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """ΔW_raw applied to x via vec(W1·X·W2ᵀ) (linear) or a per-slice conv (conv).  groups must be 1."""
+def apply(x: torch.Tensor, geom: Geometry, dims: tuple[int, int, int, int], w1: torch.Tensor, parts: W2Parts,
+          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔW_raw applied to x via vec(W1·X·W2ᵀ) (linear) or a per-slice conv (conv); ``dims`` = (a, b, c, d), W1 is
+    (a, c) and W2 (b, d, k...).  groups must be 1."""
+    a, b, c, d = dims
+    w2, w2a, w2b = parts.w2, parts.w2a, parts.w2b
     if geom.kind == "linear":
         lead = x.shape[:-1]
         X = x.reshape(-1, c, d)
@@ -96,14 +106,16 @@ def apply(
         order_a = i_g * b + o * c <= a * i_g + o * d
         y: torch.Tensor = _KronApply.apply(X, w1, w2, order_a)  # type: ignore[no-untyped-call]  # torch: unannotated
         return scale_channels(y.reshape(*lead, a * b), mask, -1)
-    h, out_spatial = conv_slices(x, geom, b, c, d, w2, w2a, w2b, t2)
+    h, out_spatial = conv_slices(x, geom, dims, parts)
     y = torch.matmul(w1, h)  # (n, a, b*S')
     return scale_channels(y.reshape(x.shape[0], a * b, *out_spatial), mask, 1)
 
 
-def conv_slices(x: torch.Tensor, geom: Geometry, b: int, c: int, d: int, w2: Factor = None, w2a: Factor = None,
-                w2b: Factor = None, t2: Factor = None) -> tuple[torch.Tensor, torch.Size]:
+def conv_slices(x: torch.Tensor, geom: Geometry, dims: tuple[int, int, int, int],
+                parts: W2Parts) -> tuple[torch.Tensor, torch.Size]:
     """W2 applied to each of the c input slices of a conv input: (n, c, b·S') and the output spatial size."""
+    _, _, c, d = dims
+    w2, w2a, w2b, t2 = parts
     n = x.shape[0]
     xs = x.reshape(n * c, d, *x.shape[2:])
     if w2 is not None:
