@@ -34,7 +34,7 @@ import common
 
 import lyco
 import lyco.sd
-from lyco.train import load_config
+from lyco.train import load_train_config
 
 try:  # the public entry point
     from lyco.train import train as lyco_train  # type: ignore[attr-defined]
@@ -81,7 +81,7 @@ def make_dataset(root: Path) -> Path:
 
 
 def trainer_config(data: Path, out: Path, steps: int):
-    return load_config(data={
+    return load_train_config(data={
         "version": 1, "name": "bench", "output_dir": str(out), "overwrite": True,
         "model": {"base": "builtin:tiny"},
         "network": dict(NETWORK),
