@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -163,8 +164,15 @@ def _rewrite_with_base(tensors, needs: dict[str, str], client: str, base_roots, 
     if as_lora and not (dora_rank and _exact_for(client, ["lora"])):
         raise FileFormatError(f"{client} has no exact loader for {', '.join(sorted(set(needs.values())))}; pass "
                               "--dora-rank N to approximate those modules by a LoRA of rank N")
+    return rewrite_from_base(tensors, needs, base_roots, dora_rank if as_lora else None, notes, source="rewrite")
+
+
+def rewrite_from_base(tensors: Mapping[str, torch.Tensor], needs: Mapping[str, str], base_roots: Any,
+                      lora_rank: int | None, notes: list[str], source: str) -> dict[str, torch.Tensor]:
+    """Each module of ``needs`` (name -> why) rewritten from its exact ΔW on the base model: a ``full`` diff, or a
+    LoRA of rank ``lora_rank`` (its relative error reported in ``notes``)."""
     sub = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in needs}
-    net = network_from_tensors(sub, base_roots, source="rewrite")
+    net = network_from_tensors(sub, base_roots, source=source)
     out: dict[str, torch.Tensor] = {}
     try:
         for name, site in net._sites.items():
@@ -172,9 +180,8 @@ def _rewrite_with_base(tensors, needs: dict[str, str], client: str, base_roots, 
             with torch.no_grad():
                 W2, _ = site.wrapper.adapter.adapted_weight(W, b, 1.0)
             delta = W2.float() - W.float()
-            if as_lora:
-                assert dora_rank is not None  # checked above
-                f = factor(delta, "fixed", dora_rank, svd="full")
+            if lora_rank:
+                f = factor(delta, "fixed", lora_rank, svd="full")
                 out.update(f.locon_tensors(name, tuple(delta.shape)))
                 notes.append(f"{name}: {needs[name]} -> LoRA rank {f.rank}, relative error {f.rel_error:.3e}")
             else:

@@ -20,16 +20,14 @@ from pathlib import Path
 import torch
 
 from ..algos import registry
-from ..algos.base import base_params
 from ..errors import ConfigError, FileFormatError
 from ..inject import Root
 from ..io.files import model_hashes, read_file, write_file
-from ..network import network_from_tensors, resolve_names
+from ..network import resolve_names
 from ..sd import load_pipeline
 from ..sd import roots as sd_roots
 from .args import add_common, add_option
-from .compat import group, rewrite_for
-from .lowrank import factor
+from .compat import group, rewrite_for, rewrite_from_base
 from .outputs import check_output, staged_folder
 
 log = logging.getLogger("lyco")
@@ -279,24 +277,7 @@ def ui_safe(tensors: dict[str, torch.Tensor], base_roots: list[Root] | None = No
         if base_roots is None:
             raise FileFormatError("these modules need the base model to be rewritten exactly (pass --base): "
                                   + "; ".join(f"{n}: {why}" for n, why in list(needs_base.items())[:8]))
-        sub = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in needs_base}
-        net = network_from_tensors(sub, base_roots, source="ui-safe")
-        try:
-            for name, site in net._sites.items():
-                W, b = base_params(site.wrapper.raw_layer())
-                a = site.wrapper.adapter
-                with torch.no_grad():
-                    W2, b2 = a.adapted_weight(W, b, 1.0)
-                delta = W2.float() - W.float()
-                if dora_rank:
-                    f = factor(delta, "fixed", dora_rank, svd="full")
-                    out.update(f.locon_tensors(name, tuple(delta.shape)))
-                    notes.append(f"{name}: {needs_base[name]} -> LoRA rank {f.rank}, relative error {f.rel_error:.3e}")
-                else:
-                    out[f"{name}.diff"] = delta
-                    notes.append(f"{name}: {needs_base[name]} -> exact full diff")
-        finally:
-            net.detach()
+        out.update(rewrite_from_base(tensors, needs_base, base_roots, dora_rank or None, notes, source="ui-safe"))
     return out, notes
 
 
