@@ -210,10 +210,7 @@ def main() -> int:
         n = counts[f"{phase} lyco"]
         lines.append(f"| {phase} | {n} | {n / a:.2f} | {counts[f'{phase} plain'] / b:.2f} | **{a / b:.3f}** |")
     lines += ["", "Target: lyco's time ≤ 1.10 × the plain loop's in both phases."]
-    path = common.write_result(f"eval-{args.device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n", args.out)
-    print("\n".join(lines))
-    print(f"\nwrote {path}")
-    return 0
+    return common.publish(f"eval-{args.device}{'-quick' if args.quick else ''}", lines, args.out)
 
 
 if __name__ == "__main__":

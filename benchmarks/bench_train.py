@@ -199,11 +199,7 @@ def main() -> int:
               f"(overhead {100 * (ratio - 1):+.1f} %, target ≤ +10 %)"]
     if prof:
         lines += ["", "## Where the trainer's time goes (cProfile, cumulative)", "", "```", prof.strip(), "```"]
-    path = common.write_result(f"train-{args.device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n",
-                               args.out)
-    print("\n".join(lines))
-    print(f"\nwrote {path}")
-    return 0
+    return common.publish(f"train-{args.device}{'-quick' if args.quick else ''}", lines, args.out)
 
 
 if __name__ == "__main__":

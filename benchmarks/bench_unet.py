@@ -402,10 +402,7 @@ def main() -> int:
         small = inp if not args.quick else make_inputs(latent // 2, device, torch.float32)
         ranks = (4, 16, 64) if args.quick else (4, 8, 16, 32, 64)
         lines += scaling(te, unet, small, big, ranks, timing, amp)
-    path = common.write_result(f"unet-{device}{'-quick' if args.quick else ''}", "\n".join(lines) + "\n", args.out)
-    print("\n".join(lines))
-    print(f"\nwrote {path}")
-    return 0
+    return common.publish(f"unet-{device}{'-quick' if args.quick else ''}", lines, args.out)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,15 @@ def write_result(name: str, md: str, out: str | Path | None = None) -> Path:
     return path
 
 
+def publish(name: str, lines: list[str], out: str | Path | None = None) -> int:
+    """Print the result table and write it to ``results/`` (or ``out``); the script's exit status."""
+    md = "\n".join(lines)
+    path = write_result(name, md + "\n", out)
+    print(md)
+    print(f"\nwrote {path}")
+    return 0
+
+
 def header(title: str, device: str, note: str = "") -> list[str]:
     lines = [f"# {title}", "", f"Machine: {machine(device)}",
              f"Date: {dt.datetime.now().isoformat(timespec='minutes')}",
